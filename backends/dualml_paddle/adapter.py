@@ -1,0 +1,98 @@
+"""``PaddleBackend``: tensors, weights, hooks and autograd for paddle (dygraph)."""
+from __future__ import annotations
+
+import zlib  # noqa: F401  - before paddle, see __init__
+from collections.abc import Callable
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+import numpy as np
+import paddle
+
+from dualml.backend import Backend
+from dualml.errors import WeightsError
+
+from . import ops
+
+paddle.set_device("cpu")
+
+
+class PaddleBackend(Backend):
+    name = "paddle"
+    module_base = paddle.nn.Layer
+    ops = ops
+
+    def container(self, kind: str, children: list[Any]) -> Any:
+        return paddle.nn.Sequential(*children) if kind == "sequential" else paddle.nn.LayerList(children)
+
+    def add_weight(self, module: Any, name: str, value: np.ndarray, trainable: bool) -> None:
+        if trainable:
+            p = module.create_parameter(list(value.shape), dtype=str(value.dtype),
+                                        default_initializer=paddle.nn.initializer.Assign(value))
+            module.add_parameter(name, p)
+        else:
+            module.register_buffer(name, paddle.to_tensor(np.array(value, copy=True)), persistable=True)
+
+    def arrays(self, module: Any) -> dict[str, np.ndarray]:
+        return {k: self.numpy(v).copy() for k, v in module.state_dict().items()}
+
+    def assign(self, module: Any, values: dict[str, np.ndarray]) -> None:
+        state = module.state_dict()
+        for k, v in values.items():
+            if k not in state or tuple(state[k].shape) != tuple(v.shape):
+                raise WeightsError(f"paddle {type(module).__name__}: no tensor '{k}' of shape {list(v.shape)}")
+        for k, v in values.items():
+            state[k].set_value(np.ascontiguousarray(v))
+
+    def grads(self, module: Any) -> dict[str, np.ndarray]:
+        return {k: (p.grad.numpy().copy() if p.grad is not None else np.zeros(p.shape, "float32"))
+                for k, p in module.named_parameters()}
+
+    def tensor(self, value: np.ndarray, requires_grad: bool = False) -> Any:
+        value = np.array(value, copy=True)
+        floating = np.issubdtype(value.dtype, np.floating)
+        return paddle.to_tensor(value, stop_gradient=not (requires_grad and floating))
+
+    def numpy(self, tensor: Any) -> np.ndarray:
+        if tensor.dtype == paddle.bfloat16:
+            tensor = tensor.astype("float32")
+        return tensor.numpy()
+
+    def memory_order(self, tensor: Any) -> str:
+        return "contiguous" if tensor.is_contiguous() else f"strided{tuple(tensor.strides)}"
+
+    def set_train(self, module: Any, mode: bool) -> None:
+        module.train() if mode else module.eval()
+
+    @contextmanager
+    def hooks(self, leaves: dict[str, Any], pre: Callable | None = None,
+              post: Callable | None = None) -> AbstractContextManager:
+        handles = []
+        for path, layer in leaves.items():
+            if pre:
+                handles.append(layer.register_forward_pre_hook(lambda m, inp, p=path: pre(p, inp)))
+            if post:
+                handles.append(layer.register_forward_post_hook(lambda m, inp, out, p=path: post(p, out)))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def no_grad(self) -> AbstractContextManager:
+        return paddle.no_grad()
+
+    def backward(self, outputs: list[Any], grad_outputs: list[np.ndarray]) -> None:
+        paddle.autograd.backward(outputs, [paddle.to_tensor(g) for g in grad_outputs])
+
+    def input_grad(self, tensor: Any) -> np.ndarray | None:
+        return None if tensor.grad is None else tensor.grad.numpy().copy()
+
+    def seed(self, seed: int) -> None:
+        paddle.seed(seed)
+
+    def dtype_name(self, tensor: Any) -> str:
+        return str(tensor.dtype).replace("paddle.", "")
+
+
+backend = PaddleBackend()

@@ -1,0 +1,127 @@
+"""Built-in neutral layers as ``paddle.nn`` classes, with their canonical weight rules.
+
+Paddle's layout differences live here as data: Linear weights are [in, out] (transposed),
+BatchNorm buffers are ``_mean``/``_variance`` and its momentum is the weight of the *old*
+statistic, PReLU's weight is ``_weight``; attention masks use the opposite boolean meaning and
+there is no key-padding mask, fixed by thin subclasses that remain paddle classes.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import paddle
+from paddle import nn
+
+from dualml import layers as L
+from dualml.backend import Rule, implements, prefixed, rename, same
+
+P = "paddle"
+
+
+def _bias(flag: bool) -> Any:
+    return None if flag else False
+
+
+def linear_rules(s: Any = None) -> list[Rule]:
+    return [Rule(("weight",), "weight", "T"), *same("bias")]
+
+
+implements(L.Linear, P, rules=linear_rules)(
+    lambda s: nn.Linear(s.in_features, s.out_features, bias_attr=_bias(s.bias)))
+for _cls, _native in ((L.Conv1d, nn.Conv1D), (L.Conv2d, nn.Conv2D)):
+    implements(_cls, P)(lambda s, n=_native: n(s.in_channels, s.out_channels, s.kernel_size, s.stride, s.padding,
+                                               s.dilation, s.groups, bias_attr=_bias(s.bias)))
+implements(L.ConvTranspose2d, P)(lambda s: nn.Conv2DTranspose(
+    s.in_channels, s.out_channels, s.kernel_size, s.stride, s.padding, s.output_padding, s.groups,
+    s.dilation, bias_attr=_bias(s.bias)))
+
+
+def bn_rules(s: Any) -> list[Rule]:
+    return [*same("weight", "bias"), *rename({"running_mean": "_mean", "running_var": "_variance"})]
+
+
+for _cls, _native in ((L.BatchNorm1d, nn.BatchNorm1D), (L.BatchNorm2d, nn.BatchNorm2D)):
+    implements(_cls, P, rules=bn_rules)(lambda s, n=_native: n(
+        s.num_features, momentum=1.0 - s.momentum, epsilon=s.eps,
+        weight_attr=None if s.affine else False, bias_attr=None if s.affine else False))
+implements(L.LayerNorm, P)(lambda s: nn.LayerNorm(
+    list(s.normalized_shape), s.eps, weight_attr=_bias(s.elementwise_affine), bias_attr=_bias(s.elementwise_affine)))
+implements(L.GroupNorm, P)(lambda s: nn.GroupNorm(
+    s.num_groups, s.num_channels, s.eps, weight_attr=_bias(s.affine), bias_attr=_bias(s.affine)))
+implements(L.Embedding, P)(lambda s: nn.Embedding(s.num_embeddings, s.embedding_dim, s.padding_idx))
+implements(L.Dropout, P)(lambda s: nn.Dropout(s.p))
+implements(L.LSTM, P)(lambda s: nn.LSTM(s.input_size, s.hidden_size, s.num_layers,
+                                        "bidirect" if s.bidirectional else "forward", dropout=s.dropout))
+implements(L.GRU, P)(lambda s: nn.GRU(s.input_size, s.hidden_size, s.num_layers,
+                                      "bidirect" if s.bidirectional else "forward", dropout=s.dropout))
+implements(L.MaxPool1d, P)(lambda s: nn.MaxPool1D(s.kernel_size, s.stride, s.padding, ceil_mode=s.ceil_mode))
+implements(L.MaxPool2d, P)(lambda s: nn.MaxPool2D(s.kernel_size, s.stride, s.padding, ceil_mode=s.ceil_mode))
+implements(L.AvgPool1d, P)(lambda s: nn.AvgPool1D(s.kernel_size, s.stride, s.padding, exclusive=False,
+                                                  ceil_mode=s.ceil_mode))
+implements(L.AvgPool2d, P)(lambda s: nn.AvgPool2D(s.kernel_size, s.stride, s.padding, ceil_mode=s.ceil_mode,
+                                                  exclusive=False))
+implements(L.AdaptiveAvgPool1d, P)(lambda s: nn.AdaptiveAvgPool1D(s.output_size))
+implements(L.AdaptiveAvgPool2d, P)(lambda s: nn.AdaptiveAvgPool2D(s.output_size))
+implements(L.AdaptiveMaxPool2d, P)(lambda s: nn.AdaptiveMaxPool2D(s.output_size))
+for _cls, _native in ((L.ReLU, nn.ReLU), (L.SiLU, nn.Silu), (L.Sigmoid, nn.Sigmoid), (L.Tanh, nn.Tanh),
+                      (L.Identity, nn.Identity)):
+    implements(_cls, P)(lambda s, n=_native: n())
+implements(L.GELU, P)(lambda s: nn.GELU(approximate=s.approximate == "tanh"))
+implements(L.Softmax, P)(lambda s: nn.Softmax(axis=s.dim))
+implements(L.LeakyReLU, P)(lambda s: nn.LeakyReLU(s.negative_slope))
+implements(L.PReLU, P, rules=lambda s: rename({"weight": "_weight"}))(lambda s: nn.PReLU(s.num_parameters, s.init))
+implements(L.Flatten, P)(lambda s: nn.Flatten(s.start_dim, s.end_dim))
+
+
+# --------------------------------------------------------------------------- attention
+def additive_mask(attn_mask: Any = None, key_padding_mask: Any = None) -> Any:
+    """torch-convention masks (bool True = blocked, float = added) -> paddle's additive float mask."""
+    mask = None
+    if attn_mask is not None:
+        mask = (paddle.where(attn_mask, paddle.full(attn_mask.shape, float("-inf")),
+                             paddle.zeros(attn_mask.shape)) if attn_mask.dtype == paddle.bool else attn_mask)
+    if key_padding_mask is not None:
+        kpm = key_padding_mask
+        kpm = (paddle.where(kpm, paddle.full(kpm.shape, float("-inf")), paddle.zeros(kpm.shape))
+               if kpm.dtype == paddle.bool else kpm)
+        kpm = kpm.unsqueeze([1, 2])  # [B, 1, 1, S]
+        mask = kpm if mask is None else mask + kpm
+    return mask
+
+
+class MultiHeadAttention(nn.MultiHeadAttention):
+    """paddle's MultiHeadAttention with torch's mask convention and a key-padding mask."""
+
+    def forward(self, query: Any, key: Any = None, value: Any = None, attn_mask: Any = None,
+                key_padding_mask: Any = None) -> Any:
+        return super().forward(query, key, value, attn_mask=additive_mask(attn_mask, key_padding_mask))
+
+
+def mha_rules(s: Any) -> list[Rule]:
+    return [r for proj in ("q_proj", "k_proj", "v_proj", "out_proj") for r in prefixed(proj, linear_rules())]
+
+
+@implements(L.MultiheadAttention, P, rules=mha_rules)
+def _mha(s: L.MultiheadAttention) -> nn.Layer:
+    return MultiHeadAttention(s.embed_dim, s.num_heads, dropout=s.dropout, bias_attr=_bias(s.bias))
+
+
+class TransformerEncoderLayer(nn.TransformerEncoderLayer):
+    """paddle's encoder layer with torch's mask convention and a key-padding mask."""
+
+    def forward(self, src: Any, src_mask: Any = None, src_key_padding_mask: Any = None) -> Any:
+        return super().forward(src, additive_mask(src_mask, src_key_padding_mask))
+
+
+def encoder_rules(s: Any) -> list[Rule]:
+    return [*prefixed("self_attn", mha_rules(s)), *prefixed("linear1", linear_rules()),
+            *prefixed("linear2", linear_rules()),
+            *same(*(f"{m}.{p}" for m in ("norm1", "norm2") for p in ("weight", "bias")))]
+
+
+@implements(L.TransformerEncoderLayer, P, rules=encoder_rules)
+def _encoder(s: L.TransformerEncoderLayer) -> nn.Layer:
+    layer = TransformerEncoderLayer(s.d_model, s.nhead, s.dim_feedforward, s.dropout, s.activation,
+                                    normalize_before=s.norm_first)
+    layer.norm1._epsilon = layer.norm2._epsilon = s.layer_norm_eps
+    return layer

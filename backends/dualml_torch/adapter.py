@@ -1,0 +1,90 @@
+"""``TorchBackend``: tensors, weights, hooks and autograd for torch."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+
+from dualml.backend import Backend
+from dualml.errors import WeightsError
+
+from . import ops
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    module_base = torch.nn.Module
+    ops = ops
+
+    def container(self, kind: str, children: list[Any]) -> Any:
+        return torch.nn.Sequential(*children) if kind == "sequential" else torch.nn.ModuleList(children)
+
+    def add_weight(self, module: Any, name: str, value: np.ndarray, trainable: bool) -> None:
+        t = torch.from_numpy(np.array(value, copy=True))
+        if trainable:
+            module.register_parameter(name, torch.nn.Parameter(t))
+        else:
+            module.register_buffer(name, t, persistent=True)
+
+    def arrays(self, module: Any) -> dict[str, np.ndarray]:
+        return {k: self.numpy(v).copy() for k, v in module.state_dict(keep_vars=True).items()}
+
+    def assign(self, module: Any, values: dict[str, np.ndarray]) -> None:
+        state = module.state_dict(keep_vars=True)
+        for k, v in values.items():
+            if k not in state or tuple(state[k].shape) != tuple(v.shape):
+                raise WeightsError(f"torch {type(module).__name__}: no tensor '{k}' of shape {list(v.shape)}")
+        with torch.no_grad():
+            for k, v in values.items():
+                state[k].copy_(torch.from_numpy(np.ascontiguousarray(v)))
+
+    def grads(self, module: Any) -> dict[str, np.ndarray]:
+        return {k: (p.grad.detach().numpy().copy() if p.grad is not None else np.zeros(tuple(p.shape), "float32"))
+                for k, p in module.named_parameters()}
+
+    def tensor(self, value: np.ndarray, requires_grad: bool = False) -> Any:
+        t = torch.from_numpy(np.array(value, copy=True))
+        return t.requires_grad_(True) if requires_grad and t.is_floating_point() else t
+
+    def numpy(self, tensor: Any) -> np.ndarray:
+        t = tensor.detach().cpu()
+        return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+    def memory_order(self, tensor: Any) -> str:
+        return "contiguous" if tensor.is_contiguous() else f"strided{tuple(tensor.stride())}"
+
+    def set_train(self, module: Any, mode: bool) -> None:
+        module.train(mode)
+
+    @contextmanager
+    def hooks(self, leaves: dict[str, Any], pre: Callable | None = None,
+              post: Callable | None = None) -> AbstractContextManager:
+        handles = []
+        for path, layer in leaves.items():
+            if pre:
+                handles.append(layer.register_forward_pre_hook(lambda m, inp, p=path: pre(p, inp)))
+            if post:
+                handles.append(layer.register_forward_hook(lambda m, inp, out, p=path: post(p, out)))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def no_grad(self) -> AbstractContextManager:
+        return torch.no_grad()
+
+    def backward(self, outputs: list[Any], grad_outputs: list[np.ndarray]) -> None:
+        torch.autograd.backward(outputs, [torch.from_numpy(np.ascontiguousarray(g)) for g in grad_outputs])
+
+    def input_grad(self, tensor: Any) -> np.ndarray | None:
+        return None if tensor.grad is None else tensor.grad.numpy().copy()
+
+    def seed(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+
+backend = TorchBackend()

@@ -1,0 +1,21 @@
+"""dualml: write a model once, run it natively on PyTorch or PaddlePaddle.
+
+Importing this package imports no framework: adapters load on first use of a backend.
+"""
+from __future__ import annotations
+
+from . import nn
+from .backend import Rule, available_backends, get_backend, register_layer
+from .build import (LoadReport, build, check_weights, convert, export_native, get_grads, get_weights,
+                    import_native, native_leaves, set_weights)
+from .errors import (BackendError, ConfigError, DualmlError, LayerInputError, WeightsError,
+                     WeightsFileError)
+from .module import Buffer, Module, ModuleList, Parameter, Sequential, init_weights, manifest
+
+__version__ = "0.1.0"
+__all__ = [
+    "BackendError", "Buffer", "ConfigError", "DualmlError", "LayerInputError", "LoadReport", "Module",
+    "ModuleList", "Parameter", "Rule", "Sequential", "WeightsError", "WeightsFileError", "available_backends",
+    "build", "check_weights", "convert", "export_native", "get_backend", "get_grads", "get_weights",
+    "import_native", "init_weights", "manifest", "native_leaves", "nn", "register_layer", "set_weights",
+]

@@ -1,0 +1,234 @@
+"""What an adapter provides, the layer-implementation registry, and canonical <-> native rules.
+
+An adapter (``dualml_torch``, ``dualml_paddle``, or a third one) is one package exposing
+``backend``, an instance of :class:`Backend`, plus ``register_layer`` calls for every layer it
+supports. The core looks adapters up by name and imports them lazily, so ``import dualml`` never
+imports a framework. Weight layout differences are declared as :class:`Rule` data, applied by one
+neutral routine here, so the two adapters share no conversion code.
+"""
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+from .errors import BackendError, not_allowed
+from .layers import Layer
+
+#: built-in adapters; more can be added through the ``dualml.backends`` entry-point group
+BUILTIN_BACKENDS = {"torch": "dualml_torch", "paddle": "dualml_paddle"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How canonical weights map to one native array.
+
+    ``same``: copied as is; ``T``: a 2-d transpose (paddle Linear stores [in, out]);
+    ``stack0``: several canonical arrays concatenated along axis 0 (torch's packed
+    ``in_proj_weight`` = q, k, v).
+    """
+
+    canonical: tuple[str, ...]
+    native: str
+    transform: str = "same"
+
+
+def same(*names: str) -> list[Rule]:
+    return [Rule((n,), n) for n in names]
+
+
+def prefixed(prefix: str, rules: Iterable[Rule]) -> list[Rule]:
+    """Rules of a sub-layer nested under ``prefix`` (e.g. ``self_attn``) on both sides."""
+    return [Rule(tuple(f"{prefix}.{c}" for c in r.canonical), f"{prefix}.{r.native}", r.transform)
+            for r in rules]
+
+
+def rename(mapping: dict[str, str]) -> list[Rule]:
+    return [Rule((c,), n) for c, n in mapping.items()]
+
+
+def to_canonical(rules: Sequence[Rule], native: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for r in rules:
+        if r.native not in native:
+            continue
+        a = native[r.native]
+        if r.transform == "same":
+            out[r.canonical[0]] = a
+        elif r.transform == "T":
+            out[r.canonical[0]] = np.ascontiguousarray(a.T)
+        elif r.transform == "stack0":
+            for name, part in zip(r.canonical, np.split(a, len(r.canonical), axis=0)):
+                out[name] = np.ascontiguousarray(part)
+        else:  # pragma: no cover - adapter bug
+            raise BackendError(f"unknown weight transform {r.transform!r}")
+    return out
+
+
+def from_canonical(rules: Sequence[Rule], canonical: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for r in rules:
+        if not all(c in canonical for c in r.canonical):
+            continue
+        if r.transform == "same":
+            out[r.native] = canonical[r.canonical[0]]
+        elif r.transform == "T":
+            out[r.native] = np.ascontiguousarray(canonical[r.canonical[0]].T)
+        elif r.transform == "stack0":
+            out[r.native] = np.concatenate([canonical[c] for c in r.canonical], axis=0)
+    return out
+
+
+@dataclass(frozen=True)
+class LayerImpl:
+    """How one backend builds a neutral layer type and lays out its weights."""
+
+    build: Callable[[Any], Any]
+    rules: Callable[[Any], list[Rule]] | None = None
+
+    def rules_for(self, spec: Layer) -> list[Rule]:
+        return self.rules(spec) if self.rules else same(*spec.params())
+
+
+_IMPLS: dict[tuple[str, type], LayerImpl] = {}
+
+
+def register_layer(layer: type[Layer], backend: str, build: Callable[[Any], Any],
+                   rules: Callable[[Any], list[Rule]] | None = None) -> None:
+    """Register how ``backend`` builds ``layer``: ``build(spec) -> native layer`` and ``rules(spec)``
+    (canonical <-> native weight names; default: the canonical names, unchanged)."""
+    _IMPLS[(backend, layer)] = LayerImpl(build, rules)
+
+
+def implements(layer: type[Layer], backend: str, rules: Callable[[Any], list[Rule]] | None = None):
+    """Decorator form of :func:`register_layer` for adapter build functions."""
+    def deco(fn):
+        register_layer(layer, backend, fn, rules)
+        return fn
+    return deco
+
+
+def layer_impl(backend: str, spec: Layer) -> LayerImpl:
+    for klass in type(spec).__mro__:
+        impl = _IMPLS.get((backend, klass))
+        if impl is not None:
+            return impl
+    raise BackendError(f"layer {spec.kind} has no implementation for backend={backend}; register one "
+                       f"with dualml.register_layer({spec.kind}, '{backend}', build=..., rules=...)")
+
+
+def registered_layers() -> list[type[Layer]]:
+    """Every layer type some backend implements (built-in and user-registered), in registration order."""
+    seen: dict[type, None] = {}
+    for (_, klass) in _IMPLS:
+        seen.setdefault(klass, None)
+    return list(seen)
+
+
+class Backend(ABC):
+    """One framework's adapter. Everything here is small and framework-specific by nature."""
+
+    name: str
+    #: ``torch.nn.Module`` / ``paddle.nn.Layer``: the base of generated composite classes
+    module_base: type
+    #: the op namespace bound as ``self.F`` in every built model (see ``dualml.ops.OPS``)
+    ops: Any
+
+    @abstractmethod
+    def container(self, kind: str, children: list[Any]) -> Any:
+        """A native ``sequential`` or ``list`` container of already-built children."""
+
+    @abstractmethod
+    def add_weight(self, module: Any, name: str, value: np.ndarray, trainable: bool) -> None:
+        """Attach a parameter (trainable) or persistent buffer to a native composite."""
+
+    @abstractmethod
+    def arrays(self, module: Any) -> dict[str, np.ndarray]:
+        """All parameters and persistent buffers of a native module as numpy, by native name."""
+
+    @abstractmethod
+    def assign(self, module: Any, values: dict[str, np.ndarray]) -> None:
+        """Copy numpy arrays into existing native parameters/buffers of the same shape, in place."""
+
+    @abstractmethod
+    def grads(self, module: Any) -> dict[str, np.ndarray]:
+        """Gradients of the module's parameters by native name (zeros where none flowed)."""
+
+    @abstractmethod
+    def tensor(self, value: np.ndarray, requires_grad: bool = False) -> Any: ...
+
+    @abstractmethod
+    def numpy(self, tensor: Any) -> np.ndarray: ...
+
+    @abstractmethod
+    def memory_order(self, tensor: Any) -> str:
+        """'contiguous' for dense row-major (NCHW for images), else a description of the strides."""
+
+    @abstractmethod
+    def set_train(self, module: Any, mode: bool) -> None: ...
+
+    @abstractmethod
+    def hooks(self, leaves: dict[str, Any], pre: Callable[[str, tuple], None] | None = None,
+              post: Callable[[str, Any], None] | None = None) -> AbstractContextManager:
+        """Context manager installing forward pre/post hooks on ``leaves`` (path -> native layer)."""
+
+    @abstractmethod
+    def no_grad(self) -> AbstractContextManager: ...
+
+    @abstractmethod
+    def backward(self, outputs: list[Any], grad_outputs: list[np.ndarray]) -> None:
+        """Back-propagate sum(output * grad_output) so parameter and input grads are populated."""
+
+    @abstractmethod
+    def input_grad(self, tensor: Any) -> np.ndarray | None: ...
+
+    @abstractmethod
+    def seed(self, seed: int) -> None: ...
+
+    def is_tensor(self, value: Any) -> bool:
+        return hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, np.ndarray)
+
+    def dtype_name(self, tensor: Any) -> str:
+        """A framework-independent dtype name: float32, int64, bool, ..."""
+        return str(tensor.dtype).replace("torch.", "").replace("paddle.", "")
+
+
+_LOADED: dict[str, Backend] = {}
+
+
+def available_backends() -> dict[str, str]:
+    """Backend name -> adapter module (built-in plus ``dualml.backends`` entry points)."""
+    names = dict(BUILTIN_BACKENDS)
+    try:
+        for ep in metadata.entry_points(group="dualml.backends"):
+            names.setdefault(ep.name, ep.value)
+    except Exception:  # pragma: no cover - broken metadata must not break the core
+        pass
+    return names
+
+
+def get_backend(name: str) -> Backend:
+    """The adapter for ``name``, imported on first use (this is where a framework gets imported)."""
+    if isinstance(name, Backend):
+        return name
+    if name in _LOADED:
+        return _LOADED[name]
+    names = available_backends()
+    if name == "auto":
+        raise BackendError("backend=auto is not available yet: it will resolve through the weighted "
+                           "decision matrix (`dualml decide`); choose backend=torch or backend=paddle")
+    if name not in names:
+        raise BackendError(not_allowed("backend", name, names))
+    try:
+        module = importlib.import_module(names[name])
+    except ImportError as exc:
+        raise BackendError(f"backend={name} needs its framework installed: {exc}; install with "
+                           f"`pip install dualml[{name}]`") from exc
+    _LOADED[name] = module.backend
+    return module.backend

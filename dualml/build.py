@@ -1,0 +1,298 @@
+"""Turn a neutral model into a native one, and move canonical weights in and out of it.
+
+The native model is the framework's own module tree: leaves are the adapter's layers (the
+framework's classes), composites are classes generated from the user's class with the same
+``forward``. The neutral description and the backend ride along on the root as
+``_dualml_model`` / ``_dualml_backend`` so weights can be read back in canonical form.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .backend import Backend, from_canonical, get_backend, layer_impl, to_canonical
+from .errors import BackendError, DualmlError, LayerInputError, WeightsError
+from .layers import Layer
+from .module import Buffer, Module, ModuleList, Parameter, Sequential, init_weights, join, manifest
+
+_SKIP = {"__init__", "__dict__", "__weakref__", "__setattr__", "__call__", "__getattr__"}
+_CLASSES: dict[tuple[str, type, bool], type] = {}
+
+
+def _native_class(be: Backend, cls: type, root: bool) -> type:
+    """A subclass of the framework's module base carrying the user's methods (forward first)."""
+    key = (be.name, cls, root)
+    if key in _CLASSES:
+        return _CLASSES[key]
+    ns: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is object or klass is Module:
+            continue
+        ns.update({k: v for k, v in vars(klass).items() if k not in _SKIP})
+    ns["F"] = be.ops
+    if root:
+        base_call = be.module_base.__call__
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return base_call(self, *args, **kwargs)
+            except DualmlError:
+                raise
+            except Exception as exc:
+                _diagnose(self, args, kwargs, exc)
+                raise
+        ns["__call__"] = __call__
+    native = type(cls.__name__, (be.module_base,), ns)
+    _CLASSES[key] = native
+    return native
+
+
+def _build_node(node: Module | Layer, be: Backend, root: bool = False) -> Any:
+    if isinstance(node, Layer):
+        leaf = layer_impl(be.name, node).build(node)
+        object.__setattr__(leaf, "_dualml_spec", node)
+        return leaf
+    if type(node) in (Sequential, ModuleList):
+        kind = "sequential" if type(node) is Sequential else "list"
+        return be.container(kind, [_build_node(c, be) for c in node.children().values()])
+    if not isinstance(node, Module):
+        raise DualmlError(f"cannot build {type(node).__name__}: expected a dualml Module or Layer")
+    cls = _native_class(be, type(node), root)
+    native = cls.__new__(cls)
+    be.module_base.__init__(native)
+    for name, value in vars(node).items():
+        if name == "_children" or name in node.children():
+            continue
+        setattr(native, name, value)
+    for name, child in node.children().items():
+        if isinstance(child, (Parameter, Buffer)):
+            value = child.value if isinstance(child, Buffer) else np.zeros(child.spec.shape, "float32")
+            be.add_weight(native, name, value, trainable=isinstance(child, Parameter))
+        else:
+            setattr(native, name, _build_node(child, be))
+    return native
+
+
+def build(model: Module | Layer, backend: str = "torch", seed: int = 0,
+          weights: dict[str, np.ndarray] | None = None) -> Any:
+    """Build ``model`` as a native module of ``backend`` with canonical ``weights`` (default: the
+    seeded initial weights, identical on every backend). Returns ``torch.nn.Module`` or
+    ``paddle.nn.Layer``."""
+    be = get_backend(backend)
+    native = _build_node(model, be, root=True)
+    object.__setattr__(native, "_dualml_model", model)
+    object.__setattr__(native, "_dualml_backend", be.name)
+    set_weights(native, init_weights(model, seed) if weights is None else weights)
+    be.set_train(native, False)
+    return native
+
+
+def neutral_of(native: Any) -> tuple[Module | Layer, Backend]:
+    try:
+        return native._dualml_model, get_backend(native._dualml_backend)
+    except AttributeError:
+        raise DualmlError(f"{type(native).__name__} was not built by dualml.build; wrap a hand-written "
+                          "model with dualml.import_native(model, native, backend)") from None
+
+
+def _child(native: Any, name: str) -> Any:
+    return getattr(native, name)
+
+
+def native_nodes(native: Any) -> dict[str, tuple[Any, Any]]:
+    """Canonical path -> (neutral node, native module) for every leaf and weight-owning composite."""
+    model, _ = neutral_of(native)
+    out: dict[str, tuple[Any, Any]] = {}
+
+    def walk(node: Any, nat: Any, path: str) -> None:
+        out[path] = (node, nat)
+        if isinstance(node, Module):
+            for name, child in node.children().items():
+                if isinstance(child, (Module, Layer)):
+                    walk(child, _child(nat, name), join(path, name))
+    walk(model, native, "")
+    return out
+
+
+def native_leaves(native: Any) -> dict[str, Any]:
+    """Canonical path -> native leaf layer, in definition order."""
+    return {p: n for p, (node, n) in native_nodes(native).items() if isinstance(node, Layer)}
+
+
+def _direct_weights(node: Module) -> list[str]:
+    return [k for k, v in node.children().items() if isinstance(v, (Parameter, Buffer))]
+
+
+def _collect(native: Any, read: str) -> dict[str, np.ndarray]:
+    """Canonical arrays (``read='arrays'``) or gradients (``read='grads'``) of a native model."""
+    _, be = neutral_of(native)
+    out: dict[str, np.ndarray] = {}
+    for path, (node, nat) in native_nodes(native).items():
+        source = getattr(be, read)(nat)
+        if isinstance(node, Layer):
+            rules = layer_impl(be.name, node).rules_for(node)
+            out.update({join(path, k): v for k, v in to_canonical(rules, source).items()})
+        elif isinstance(node, Module):
+            out.update({join(path, k): source[k] for k in _direct_weights(node) if k in source})
+    return out
+
+
+def get_weights(native: Any) -> dict[str, np.ndarray]:
+    """The model's weights in canonical form (names and layouts of ``dualml.manifest``)."""
+    model, be = neutral_of(native)
+    out = _collect(native, "arrays")
+    missing = [k for k in manifest(model) if k not in out]
+    if missing:  # an adapter's rules do not cover the layout: a bug, say where
+        raise BackendError(f"backend={be.name} produced no canonical value for: {', '.join(missing)}")
+    return {k: out[k] for k in manifest(model)}
+
+
+def get_grads(native: Any) -> dict[str, np.ndarray]:
+    """Gradients of trainable weights in canonical layout (same rules as the weights)."""
+    model, _ = neutral_of(native)
+    out = _collect(native, "grads")
+    return {k: out[k] for k, spec in manifest(model).items() if spec.trainable and k in out}
+
+
+@dataclass
+class LoadReport:
+    """What a (non-strict) load did: every problem named, nothing silently skipped."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def problems(self) -> str:
+        parts = []
+        if self.missing:
+            parts.append(f"missing: {', '.join(self.missing)}")
+        if self.unexpected:
+            parts.append(f"unexpected: {', '.join(self.unexpected)}")
+        if self.mismatched:
+            parts.append(f"mismatched: {'; '.join(self.mismatched)}")
+        return " | ".join(parts)
+
+
+def check_weights(model: Module | Layer, weights: dict[str, np.ndarray]) -> LoadReport:
+    """Compare weights with the model's canonical manifest without touching anything."""
+    expected = manifest(model)
+    rep = LoadReport()
+    for name, spec in expected.items():
+        if name not in weights:
+            rep.missing.append(name)
+            continue
+        arr = np.asarray(weights[name])
+        if tuple(arr.shape) != spec.shape:
+            rep.mismatched.append(f"{name} shape {list(arr.shape)}, model expects {list(spec.shape)}")
+        elif str(arr.dtype) != spec.dtype:
+            rep.mismatched.append(f"{name} dtype {arr.dtype}, model expects {spec.dtype}")
+        else:
+            rep.loaded.append(name)
+    rep.unexpected = [k for k in weights if k not in expected]
+    return rep
+
+
+def set_weights(native: Any, weights: dict[str, np.ndarray], strict: bool = True) -> LoadReport:
+    """Load canonical weights. Strict (default): any missing, unexpected or mis-shaped entry raises
+    one error listing all of them and nothing is loaded. ``strict=False`` loads what matches and
+    returns the report of the rest."""
+    model, be = neutral_of(native)
+    rep = check_weights(model, weights)
+    if strict and not rep.ok:
+        raise WeightsError(f"weights do not fit {type(model).__name__} ({be.name}): {rep.problems()}")
+    ok = set(rep.loaded)
+    for path, (node, nat) in native_nodes(native).items():
+        if isinstance(node, Layer):
+            rules = layer_impl(be.name, node).rules_for(node)
+            sub = {k: np.asarray(weights[join(path, k)]) for k in node.params() if join(path, k) in ok}
+            values = from_canonical(rules, sub)
+        elif isinstance(node, Module):
+            values = {k: np.asarray(weights[join(path, k)]) for k in _direct_weights(node)
+                      if join(path, k) in ok}
+        else:
+            continue
+        if values:
+            be.assign(nat, values)
+    return rep
+
+
+def convert(native: Any, backend: str) -> Any:
+    """The same model on another backend with bit-identical canonical weights."""
+    model, be = neutral_of(native)
+    out = build(model, backend, weights=get_weights(native))
+    get_backend(backend).set_train(out, getattr(native, "training", False))
+    return out
+
+
+def import_native(model: Module | Layer, native: Any, backend: str, strict: bool = True) -> dict[str, np.ndarray]:
+    """Canonical weights from a hand-written native model whose attribute names mirror ``model``.
+
+    The native model's own layout (torch or paddle conventions) is read through the adapter's rules,
+    so e.g. a torch ``nn.TransformerEncoderLayer``'s packed ``in_proj_weight`` arrives as separate
+    canonical q/k/v projections.
+    """
+    be = get_backend(backend)
+    twin = build(model, backend)
+    theirs = be.arrays(native)
+    mine = be.arrays(twin)
+    missing = [k for k in mine if k not in theirs]
+    unexpected = [k for k in theirs if k not in mine and not k.endswith("num_batches_tracked")]
+    shapes = [f"{k} shape {list(theirs[k].shape)}, dualml expects {list(v.shape)}"
+              for k, v in mine.items() if k in theirs and theirs[k].shape != v.shape]
+    rep = LoadReport(missing=missing, unexpected=unexpected, mismatched=shapes)
+    if strict and not rep.ok:
+        raise WeightsError(f"native {type(native).__name__} does not match {type(model).__name__} "
+                           f"({backend}): {rep.problems()}")
+    be.assign(twin, {k: v for k, v in theirs.items() if k in mine and v.shape == mine[k].shape})
+    return get_weights(twin)
+
+
+def export_native(model: Module | Layer, weights: dict[str, np.ndarray], backend: str) -> dict[str, np.ndarray]:
+    """Canonical weights as a native state dict (numpy) that a hand-written twin can load."""
+    be = get_backend(backend)
+    return be.arrays(build(model, backend, weights=weights))
+
+
+def _diagnose(native: Any, args: tuple, kwargs: dict, exc: Exception) -> None:
+    """After a failed forward, re-run in eval mode with shape checks on every leaf and, if a leaf
+    cannot take its input, raise an error naming the layer, the shape it got and what it expects."""
+    try:
+        leaves = native_leaves(native)
+        _, be = neutral_of(native)
+    except DualmlError:
+        return
+    last: list[tuple[str, tuple, str]] = []
+
+    def pre(path: str, inputs: tuple) -> None:
+        first = inputs[0] if inputs else None
+        if first is None or not be.is_tensor(first):
+            return
+        shape, dtype = tuple(first.shape), be.dtype_name(first)
+        last.append((path, shape, dtype))
+        problem = leaves[path]._dualml_spec.check_input(shape, dtype) if hasattr(
+            leaves[path], "_dualml_spec") else None
+        if problem:
+            raise LayerInputError(f"layer '{path}' ({leaves[path]._dualml_spec.kind}) got input of shape "
+                                  f"{list(shape)} ({dtype}); it expects {problem}")
+
+    was_training = getattr(native, "training", False)
+    be.set_train(native, False)
+    try:
+        with be.no_grad(), be.hooks(leaves, pre=pre):
+            be.module_base.__call__(native, *args, **kwargs)
+    except LayerInputError as found:
+        raise found from exc
+    except Exception:
+        if last:
+            path, shape, dtype = last[-1]
+            raise LayerInputError(f"layer '{path}' failed on input of shape {list(shape)} ({dtype}): "
+                                  f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    finally:
+        be.set_train(native, was_training)

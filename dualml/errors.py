@@ -1,0 +1,45 @@
+"""Errors that name the fix.
+
+Every error dualml raises on bad input derives from :class:`DualmlError`, so the CLI can print it
+as one line and exit 2 instead of dumping a traceback at the user.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class DualmlError(Exception):
+    """Bad input or an unsupported request; the message says what is allowed."""
+
+
+class ConfigError(DualmlError, ValueError):
+    """A config key or value that does not exist or is not allowed."""
+
+
+class WeightsError(DualmlError, ValueError):
+    """Canonical weights that do not fit a model (missing, unexpected, wrong shape or dtype)."""
+
+
+class WeightsFileError(DualmlError, OSError):
+    """A weights file that cannot be trusted: truncated, tampered or not a dualml file."""
+
+
+class LayerInputError(DualmlError, ValueError):
+    """A layer received an input whose shape or dtype it cannot take."""
+
+
+class BackendError(DualmlError, RuntimeError):
+    """A backend that is unknown, not installed, or lacks an implementation for a layer."""
+
+
+def did_you_mean(value: str, allowed: Iterable[str]) -> str:
+    """Return ' (did you mean 'x'?)' for the closest allowed spelling, or '' when none is close."""
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def not_allowed(what: str, value: object, allowed: Iterable[str]) -> str:
+    """One-line message: the key, the value given, what is allowed and the nearest match."""
+    allowed = sorted(str(a) for a in allowed)
+    return f"{what}={value!s} is not allowed; allowed: {', '.join(allowed)}{did_you_mean(str(value), allowed)}"
