@@ -31,12 +31,14 @@ class Rule:
 
     ``same``: copied as is; ``T``: a 2-d transpose (paddle Linear stores [in, out]);
     ``stack0``: several canonical arrays concatenated along axis 0 (torch's packed
-    ``in_proj_weight`` = q, k, v).
+    ``in_proj_weight`` = q, k, v); ``flat``: stored flattened natively (paddle's LayerNorm over
+    several trailing dims), canonical ``shape`` given.
     """
 
     canonical: tuple[str, ...]
     native: str
     transform: str = "same"
+    shape: tuple[int, ...] | None = None  # canonical shape, for ``flat``
 
 
 def same(*names: str) -> list[Rule]:
@@ -63,6 +65,8 @@ def to_canonical(rules: Sequence[Rule], native: dict[str, np.ndarray]) -> dict[s
             out[r.canonical[0]] = a
         elif r.transform == "T":
             out[r.canonical[0]] = np.ascontiguousarray(a.T)
+        elif r.transform == "flat":
+            out[r.canonical[0]] = a.reshape(r.shape)
         elif r.transform == "stack0":
             for name, part in zip(r.canonical, np.split(a, len(r.canonical), axis=0)):
                 out[name] = np.ascontiguousarray(part)
@@ -80,6 +84,8 @@ def from_canonical(rules: Sequence[Rule], canonical: dict[str, np.ndarray]) -> d
             out[r.native] = canonical[r.canonical[0]]
         elif r.transform == "T":
             out[r.native] = np.ascontiguousarray(canonical[r.canonical[0]].T)
+        elif r.transform == "flat":
+            out[r.native] = canonical[r.canonical[0]].reshape(-1)
         elif r.transform == "stack0":
             out[r.native] = np.concatenate([canonical[c] for c in r.canonical], axis=0)
     return out

@@ -19,6 +19,7 @@ paddle.set_device("cpu")
 
 class PaddleBackend(Backend):
     name = "paddle"
+    version = paddle.__version__
     module_base = paddle.nn.Layer
     ops = ops
 
@@ -59,7 +60,8 @@ class PaddleBackend(Backend):
         return tensor.numpy()
 
     def memory_order(self, tensor: Any) -> str:
-        return "contiguous" if tensor.is_contiguous() else f"strided{tuple(tensor.strides)}"
+        # paddle 2.6 has no channels-last tensor format; views (transpose) stay logically row-major
+        return "row-major"
 
     def set_train(self, module: Any, mode: bool) -> None:
         module.train() if mode else module.eval()
@@ -83,7 +85,13 @@ class PaddleBackend(Backend):
         return paddle.no_grad()
 
     def backward(self, outputs: list[Any], grad_outputs: list[np.ndarray]) -> None:
-        paddle.autograd.backward(outputs, [paddle.to_tensor(g) for g in grad_outputs])
+        # one scalar loss: paddle.autograd.backward over several outputs of one op (LSTM's out, h, c)
+        # fails with "Unable to find next node in the GradTensorHolder"
+        loss = None
+        for o, g in zip(outputs, grad_outputs):
+            term = (o * paddle.to_tensor(np.array(g, dtype=g.dtype, ndmin=0))).sum()
+            loss = term if loss is None else loss + term
+        loss.backward()
 
     def input_grad(self, tensor: Any) -> np.ndarray | None:
         return None if tensor.grad is None else tensor.grad.numpy().copy()

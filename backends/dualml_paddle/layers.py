@@ -32,28 +32,81 @@ for _cls, _native in ((L.Conv1d, nn.Conv1D), (L.Conv2d, nn.Conv2D)):
     implements(_cls, P)(lambda s, n=_native: n(s.in_channels, s.out_channels, s.kernel_size, s.stride, s.padding,
                                                s.dilation, s.groups, bias_attr=_bias(s.bias)))
 implements(L.ConvTranspose2d, P)(lambda s: nn.Conv2DTranspose(
-    s.in_channels, s.out_channels, s.kernel_size, s.stride, s.padding, s.output_padding, s.groups,
-    s.dilation, bias_attr=_bias(s.bias)))
+    s.in_channels, s.out_channels, s.kernel_size, s.stride, s.padding, s.output_padding,
+    dilation=s.dilation, groups=s.groups, bias_attr=_bias(s.bias)))
 
 
 def bn_rules(s: Any) -> list[Rule]:
     return [*same("weight", "bias"), *rename({"running_mean": "_mean", "running_var": "_variance"})]
 
 
-for _cls, _native in ((L.BatchNorm1d, nn.BatchNorm1D), (L.BatchNorm2d, nn.BatchNorm2D)):
+class _UnbiasedRunningVar:
+    """Paddle updates ``_variance`` with the biased batch variance, torch (canonical) with the
+    unbiased one; after a training forward, add the difference (1-m)*var_b/(n-1) so the running
+    statistics agree. Costs one extra reduction per BatchNorm per training step."""
+
+    def forward(self, x: Any) -> Any:
+        out = super().forward(x)
+        if self.training:
+            axes = [0] + list(range(2, x.ndim))
+            n = x.numel() // x.shape[1]
+            if n > 1:
+                with paddle.no_grad():
+                    var_b = paddle.var(x.detach(), axis=axes, unbiased=False)
+                    # set_value, not add_: the op saved _variance for backward and add_ bumps its version
+                    self._variance.set_value(self._variance + var_b * ((1.0 - self._momentum) / (int(n) - 1)))
+        return out
+
+
+class BatchNorm1D(_UnbiasedRunningVar, nn.BatchNorm1D):
+    pass
+
+
+class BatchNorm2D(_UnbiasedRunningVar, nn.BatchNorm2D):
+    pass
+
+
+for _cls, _native in ((L.BatchNorm1d, BatchNorm1D), (L.BatchNorm2d, BatchNorm2D)):
     implements(_cls, P, rules=bn_rules)(lambda s, n=_native: n(
         s.num_features, momentum=1.0 - s.momentum, epsilon=s.eps,
         weight_attr=None if s.affine else False, bias_attr=None if s.affine else False))
-implements(L.LayerNorm, P)(lambda s: nn.LayerNorm(
+def flat_rules(s: Any) -> list[Rule]:
+    """paddle's LayerNorm stores weight/bias flattened to [prod(normalized_shape)]."""
+    return [Rule((k,), k, "flat", spec.shape) for k, spec in s.params().items()]
+
+
+implements(L.LayerNorm, P, rules=flat_rules)(lambda s: nn.LayerNorm(
     list(s.normalized_shape), s.eps, weight_attr=_bias(s.elementwise_affine), bias_attr=_bias(s.elementwise_affine)))
 implements(L.GroupNorm, P)(lambda s: nn.GroupNorm(
     s.num_groups, s.num_channels, s.eps, weight_attr=_bias(s.affine), bias_attr=_bias(s.affine)))
 implements(L.Embedding, P)(lambda s: nn.Embedding(s.num_embeddings, s.embedding_dim, s.padding_idx))
 implements(L.Dropout, P)(lambda s: nn.Dropout(s.p))
-implements(L.LSTM, P)(lambda s: nn.LSTM(s.input_size, s.hidden_size, s.num_layers,
-                                        "bidirect" if s.bidirectional else "forward", dropout=s.dropout))
-implements(L.GRU, P)(lambda s: nn.GRU(s.input_size, s.hidden_size, s.num_layers,
-                                      "bidirect" if s.bidirectional else "forward", dropout=s.dropout))
+class _DifferentiableInEval:
+    """Paddle's CPU rnn kernel keeps no state for backward when ``is_test`` (eval mode), so a
+    gradient through an eval-mode LSTM/GRU fails ("Tensor holds no memory"); torch allows it.
+    Without dropout the train kernel computes the same function, so run it when grads are on."""
+
+    def forward(self, inputs: Any, initial_states: Any = None, sequence_length: Any = None) -> Any:
+        if self.training or self.dropout or not paddle.in_dynamic_mode() or not paddle.is_grad_enabled():
+            return super().forward(inputs, initial_states, sequence_length)
+        self.training = True
+        try:
+            return super().forward(inputs, initial_states, sequence_length)
+        finally:
+            self.training = False
+
+
+class LSTM(_DifferentiableInEval, nn.LSTM):
+    pass
+
+
+class GRU(_DifferentiableInEval, nn.GRU):
+    pass
+
+
+for _cls, _native in ((L.LSTM, LSTM), (L.GRU, GRU)):
+    implements(_cls, P)(lambda s, n=_native: n(s.input_size, s.hidden_size, s.num_layers,
+                                               "bidirect" if s.bidirectional else "forward", dropout=s.dropout))
 implements(L.MaxPool1d, P)(lambda s: nn.MaxPool1D(s.kernel_size, s.stride, s.padding, ceil_mode=s.ceil_mode))
 implements(L.MaxPool2d, P)(lambda s: nn.MaxPool2D(s.kernel_size, s.stride, s.padding, ceil_mode=s.ceil_mode))
 implements(L.AvgPool1d, P)(lambda s: nn.AvgPool1D(s.kernel_size, s.stride, s.padding, exclusive=False,

@@ -16,6 +16,7 @@ from . import ops
 
 class TorchBackend(Backend):
     name = "torch"
+    version = torch.__version__
     module_base = torch.nn.Module
     ops = ops
 
@@ -54,7 +55,11 @@ class TorchBackend(Backend):
         return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
     def memory_order(self, tensor: Any) -> str:
-        return "contiguous" if tensor.is_contiguous() else f"strided{tuple(tensor.stride())}"
+        # a strided view (split, permute) is still logically row-major; channels-last is not
+        if tensor.dim() == 4 and not tensor.is_contiguous() and tensor.is_contiguous(
+                memory_format=torch.channels_last):
+            return "channels-last"
+        return "row-major"
 
     def set_train(self, module: Any, mode: bool) -> None:
         module.train(mode)
@@ -78,7 +83,7 @@ class TorchBackend(Backend):
         return torch.no_grad()
 
     def backward(self, outputs: list[Any], grad_outputs: list[np.ndarray]) -> None:
-        torch.autograd.backward(outputs, [torch.from_numpy(np.ascontiguousarray(g)) for g in grad_outputs])
+        torch.autograd.backward(outputs, [torch.from_numpy(np.array(g, dtype=g.dtype, ndmin=0)) for g in grad_outputs])
 
     def input_grad(self, tensor: Any) -> np.ndarray | None:
         return None if tensor.grad is None else tensor.grad.numpy().copy()
