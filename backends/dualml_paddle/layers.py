@@ -40,30 +40,35 @@ def bn_rules(s: Any) -> list[Rule]:
     return [*same("weight", "bias"), *rename({"running_mean": "_mean", "running_var": "_variance"})]
 
 
-class _UnbiasedRunningVar:
+def _unbias_running_var(layer: Any, x: Any) -> None:
     """Paddle updates ``_variance`` with the biased batch variance, torch (canonical) with the
     unbiased one; after a training forward, add the difference (1-m)*var_b/(n-1) so the running
     statistics agree. Costs one extra reduction per BatchNorm per training step."""
+    axes = [0] + list(range(2, x.ndim))
+    n = x.numel() // x.shape[1]
+    if n > 1:
+        with paddle.no_grad():
+            var_b = paddle.var(x.detach(), axis=axes, unbiased=False)
+            # set_value, not add_: the op saved _variance for backward and add_ bumps its version
+            layer._variance.set_value(layer._variance + var_b * ((1.0 - layer._momentum) / (int(n) - 1)))
 
+
+# Subclasses call their parent explicitly: paddle's dy2static (jit.save, paddle2onnx) rewrites
+# forward and loses the __class__ cell that a zero-argument super call needs.
+class BatchNorm1D(nn.BatchNorm1D):
     def forward(self, x: Any) -> Any:
-        out = super().forward(x)
+        out = nn.BatchNorm1D.forward(self, x)
         if self.training:
-            axes = [0] + list(range(2, x.ndim))
-            n = x.numel() // x.shape[1]
-            if n > 1:
-                with paddle.no_grad():
-                    var_b = paddle.var(x.detach(), axis=axes, unbiased=False)
-                    # set_value, not add_: the op saved _variance for backward and add_ bumps its version
-                    self._variance.set_value(self._variance + var_b * ((1.0 - self._momentum) / (int(n) - 1)))
+            _unbias_running_var(self, x)
         return out
 
 
-class BatchNorm1D(_UnbiasedRunningVar, nn.BatchNorm1D):
-    pass
-
-
-class BatchNorm2D(_UnbiasedRunningVar, nn.BatchNorm2D):
-    pass
+class BatchNorm2D(nn.BatchNorm2D):
+    def forward(self, x: Any) -> Any:
+        out = nn.BatchNorm2D.forward(self, x)
+        if self.training:
+            _unbias_running_var(self, x)
+        return out
 
 
 for _cls, _native in ((L.BatchNorm1d, BatchNorm1D), (L.BatchNorm2d, BatchNorm2D)):
@@ -81,27 +86,27 @@ implements(L.GroupNorm, P)(lambda s: nn.GroupNorm(
     s.num_groups, s.num_channels, s.eps, weight_attr=_bias(s.affine), bias_attr=_bias(s.affine)))
 implements(L.Embedding, P)(lambda s: nn.Embedding(s.num_embeddings, s.embedding_dim, s.padding_idx))
 implements(L.Dropout, P)(lambda s: nn.Dropout(s.p))
-class _DifferentiableInEval:
+def _rnn_forward(base: type, layer: Any, inputs: Any, initial_states: Any, sequence_length: Any) -> Any:
     """Paddle's CPU rnn kernel keeps no state for backward when ``is_test`` (eval mode), so a
     gradient through an eval-mode LSTM/GRU fails ("Tensor holds no memory"); torch allows it.
     Without dropout the train kernel computes the same function, so run it when grads are on."""
+    if layer.training or layer.dropout or not paddle.in_dynamic_mode() or not paddle.is_grad_enabled():
+        return base.forward(layer, inputs, initial_states, sequence_length)
+    layer.training = True
+    try:
+        return base.forward(layer, inputs, initial_states, sequence_length)
+    finally:
+        layer.training = False
 
+
+class LSTM(nn.LSTM):
     def forward(self, inputs: Any, initial_states: Any = None, sequence_length: Any = None) -> Any:
-        if self.training or self.dropout or not paddle.in_dynamic_mode() or not paddle.is_grad_enabled():
-            return super().forward(inputs, initial_states, sequence_length)
-        self.training = True
-        try:
-            return super().forward(inputs, initial_states, sequence_length)
-        finally:
-            self.training = False
+        return _rnn_forward(nn.LSTM, self, inputs, initial_states, sequence_length)
 
 
-class LSTM(_DifferentiableInEval, nn.LSTM):
-    pass
-
-
-class GRU(_DifferentiableInEval, nn.GRU):
-    pass
+class GRU(nn.GRU):
+    def forward(self, inputs: Any, initial_states: Any = None, sequence_length: Any = None) -> Any:
+        return _rnn_forward(nn.GRU, self, inputs, initial_states, sequence_length)
 
 
 for _cls, _native in ((L.LSTM, LSTM), (L.GRU, GRU)):
@@ -147,7 +152,8 @@ class MultiHeadAttention(nn.MultiHeadAttention):
 
     def forward(self, query: Any, key: Any = None, value: Any = None, attn_mask: Any = None,
                 key_padding_mask: Any = None) -> Any:
-        return super().forward(query, key, value, attn_mask=additive_mask(attn_mask, key_padding_mask))
+        return nn.MultiHeadAttention.forward(self, query, key, value,
+                                            attn_mask=additive_mask(attn_mask, key_padding_mask))
 
 
 def mha_rules(s: Any) -> list[Rule]:
@@ -163,7 +169,7 @@ class TransformerEncoderLayer(nn.TransformerEncoderLayer):
     """paddle's encoder layer with torch's mask convention and a key-padding mask."""
 
     def forward(self, src: Any, src_mask: Any = None, src_key_padding_mask: Any = None) -> Any:
-        return super().forward(src, additive_mask(src_mask, src_key_padding_mask))
+        return nn.TransformerEncoderLayer.forward(self, src, additive_mask(src_mask, src_key_padding_mask))
 
 
 def encoder_rules(s: Any) -> list[Rule]:

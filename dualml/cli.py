@@ -1,0 +1,182 @@
+"""``dualml <command> key=value ...``: every command reads the config, writes a report and prints
+where it went. Bad input exits 2 with one line; a failed check exits 1."""
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import DualmlError
+
+COMMANDS = {
+    "parity": "run the parity suite between `backend` and `parity.against`",
+    "demo": "build `model` on both backends from one seed, move weights through safetensors, compare",
+    "layout": "print the canonical weight layout of `model` and each backend's native names",
+    "config": "print the resolved config",
+}
+
+
+def _write_report(cfg: DictConfig, name: str, report: dict[str, Any], md: str | None = None) -> Path:
+    from .checkpoint import atomic_write_text
+
+    out = Path(cfg.out_dir) / name
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str))
+    if md is not None:
+        atomic_write_text(out / "report.md", md)
+    return out
+
+
+def cmd_parity(cfg: DictConfig) -> int:
+    from .parity import Tolerance, default_cases, markdown, run_suite
+
+    backends = (cfg.backend, cfg.parity.against)
+    if backends[0] == backends[1]:
+        raise DualmlError(f"parity.against={backends[1]} is the same as backend={backends[0]}; "
+                          "compare two different backends")
+    cases = [c for c in default_cases(zoo=cfg.parity.zoo, backends=backends)
+             if not cfg.parity.only or cfg.parity.only in c.name]
+    if not cases:
+        raise DualmlError(f"parity.only={cfg.parity.only} matches no case")
+    tol = Tolerance(cfg.parity.atol, cfg.parity.rtol, cfg.parity.grad_atol, cfg.parity.grad_rtol)
+    report = run_suite(cases, backends, tol, seed=cfg.seed)
+    groups: dict[str, list[dict]] = {}
+    for r in report["results"]:
+        groups.setdefault(r["group"], []).append(r)
+    print(f"{'group':8} {'runs':>5} {'passed':>7} {'max fwd abs':>12} {'max grad abs':>13}")
+    for g, rs in groups.items():
+        print(f"{g:8} {len(rs):5d} {sum(r['passed'] for r in rs):7d} "
+              f"{max(r['forward_max_abs'] for r in rs):12.2e} {max(r['grad_max_abs'] for r in rs):13.2e}")
+    for r in report["results"]:
+        if not r["passed"]:
+            print(f"FAIL {r['name']} [{r['mode']}]: {r['message']}"
+                  + (f" | first divergence: {r['first_divergence']}" if r["first_divergence"] else ""))
+    s = report["summary"]
+    out = _write_report(cfg, "parity", report, markdown(report))
+    print(f"{s['passed']}/{s['cases']} parity runs passed ({backends[0]} vs {backends[1]})")
+    print(f"report: {out / 'report.json'} and {out / 'report.md'}")
+    return 0 if s["failed"] == 0 else 1
+
+
+def cmd_demo(cfg: DictConfig) -> int:
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from . import build, convert, get_backend, get_weights, set_weights
+    from .checkpoint import load_weights, save_weights
+    from .config import model_params
+    from .module import describe
+    from .parity import Case, run_case
+    from .zoo import create_model
+
+    name, params = model_params(cfg)
+    model = create_model(name, **params)
+    spec = model.input_spec(8)[0]
+    if name in ("mlp", "cnn"):  # real data: the first 8 digits, scaled to [0, 1]
+        x = (load_digits().images[:8] / 16.0).astype("float32").reshape(spec.shape)
+    else:
+        x = spec.sample(np.random.default_rng(cfg.seed))
+    a, b = cfg.backend, cfg.parity.against
+    net_a = build(model, a, seed=cfg.seed)
+    print(f"built {name} for {a}: {type(net_a).__module__}.{type(net_a).__name__}; leaves are "
+          f"{sorted({type(m).__module__.split('.')[0] + '.' + type(m).__name__ for m in _leaves(net_a)})}")
+    path = Path(cfg.out_dir) / "demo" / f"{name}.safetensors"
+    save_weights(path, get_weights(net_a), {"model": name, "backend": a, "architecture": describe(model)})
+    weights, meta = load_weights(path)
+    net_b = build(model, b, weights=weights)
+    print(f"moved {len(weights)} canonical tensors {a} -> {path} -> {b} ({type(net_b).__name__} on {b})")
+    ya = get_backend(a).numpy(net_a(get_backend(a).tensor(x)))
+    yb = get_backend(b).numpy(net_b(get_backend(b).tensor(x)))
+    diff = float(np.abs(ya - yb).max())
+    back = get_weights(convert(net_b, a))
+    exact = all(np.array_equal(back[k], weights[k]) for k in weights)
+    set_weights(net_a, back)
+    print(f"forward on {x.shape[0]} inputs: max |{a} - {b}| = {diff:.3g}; predictions agree: "
+          f"{bool((ya.argmax(-1) == yb.argmax(-1)).all())}; round trip {a}->{b}->{a} bit-exact: {exact}")
+    results = [run_case(Case(f"model:{name}", "model", model, model.input_spec(2)), mode, (a, b), seed=cfg.seed)
+               for mode in ("eval", "train")]
+    for r in results:
+        print(f"parity [{r.mode}]: {'pass' if r.passed else 'FAIL'} forward max abs {r.forward_max_abs:.2e}, "
+              f"grad max abs {r.grad_max_abs:.2e} {r.message}")
+    report = {"model": name, "backends": [a, b], "weights_file": str(path), "forward_max_abs": diff,
+              "roundtrip_bit_exact": exact, "parity": [r.__dict__ for r in results]}
+    out = _write_report(cfg, "demo", report)
+    print(f"report: {out / 'report.json'}")
+    return 0 if exact and all(r.passed for r in results) else 1
+
+
+def _leaves(native: Any) -> list[Any]:
+    from .build import native_leaves
+
+    return list(native_leaves(native).values())
+
+
+def cmd_layout(cfg: DictConfig) -> int:
+    from .backend import get_backend, layer_impl
+    from .config import model_params
+    from .module import join, named_leaves
+    from .zoo import create_model
+
+    name, params = model_params(cfg)
+    model = create_model(name, **params)
+    backends = [cfg.backend, cfg.parity.against]
+    rows = ["| canonical name | shape | layer | " + " | ".join(f"{b} native" for b in backends) + " |",
+            "|---|---|---|" + "---|" * len(backends)]
+    for b in backends:
+        get_backend(b)
+    for path, leaf in named_leaves(model):
+        params_ = leaf.params()
+        natives = {b: {c: (r.native, r.transform) for r in layer_impl(b, leaf).rules_for(leaf) for c in r.canonical}
+                   for b in backends}
+        for k, spec in params_.items():
+            cells = []
+            for b in backends:
+                n, t = natives[b].get(k, ("?", ""))
+                cells.append(join(path, n) + ("" if t == "same" else f" ({t})"))
+            rows.append(f"| {join(path, k)} | {list(spec.shape)} | {leaf.kind} | " + " | ".join(cells) + " |")
+    md = "\n".join(rows) + "\n"
+    print(md)
+    out = _write_report(cfg, "layout", {"model": name, "table": rows}, md)
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def cmd_config(cfg: DictConfig) -> int:
+    print(OmegaConf.to_yaml(cfg))
+    return 0
+
+
+def usage() -> str:
+    lines = ["usage: dualml <command> [key=value ...]", "", "commands:"]
+    lines += [f"  {k:8} {v}" for k, v in COMMANDS.items()]
+    lines += ["", "examples: dualml parity backend=torch parity.against=paddle",
+              "          dualml demo model=cnn", "          dualml layout model=transformer"]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .config import load_config
+    from .errors import did_you_mean
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    command, overrides = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"error: command '{command}' is not allowed; allowed: {', '.join(COMMANDS)}"
+              f"{did_you_mean(command, COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(overrides)
+        return globals()[f"cmd_{command}"](cfg)
+    except DualmlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

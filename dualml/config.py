@@ -1,0 +1,117 @@
+"""Configs are the interface: ``configs/config.yaml`` plus one file per group, overridden by
+``key=value`` dotlist arguments. Unknown keys and values outside their allowed set are rejected
+up front with one line naming the key, the value, what is allowed and the nearest spelling."""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from .errors import ConfigError, did_you_mean, not_allowed
+
+GROUPS = ("model", "data", "trainer")
+
+
+def config_dir() -> Path:
+    """$DUALML_CONFIG_DIR, else ./configs, else the configs/ folder of this source tree."""
+    for candidate in (os.environ.get("DUALML_CONFIG_DIR"), "configs", Path(__file__).resolve().parent.parent / "configs"):
+        if candidate and (Path(candidate) / "config.yaml").is_file():
+            return Path(candidate)
+    raise ConfigError("no configs/config.yaml found; run from the repository or set DUALML_CONFIG_DIR")
+
+
+def _choices(root: Path, group: str) -> list[str]:
+    return sorted(p.stem for p in (root / group).glob("*.yaml"))
+
+
+def _parse(overrides: Sequence[str]) -> list[tuple[str, str]]:
+    out = []
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"argument '{item}' is not allowed; arguments are key=value (e.g. backend=paddle)")
+        key, value = item.split("=", 1)
+        out.append((key.strip(), value))
+    return out
+
+
+def _check_key(cfg: DictConfig, key: str) -> Any:
+    node: Any = cfg
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if isinstance(node, DictConfig):
+            if part not in node:
+                where = ".".join(parts[:i])
+                allowed = [f"{where}.{k}" if where else str(k) for k in node.keys()]
+                raise ConfigError(f"unknown config key '{key}'{did_you_mean('.'.join(parts[: i + 1]), allowed)}; "
+                                  f"allowed{' under ' + where if where else ''}: {', '.join(allowed)}")
+            node = node[part]
+        elif isinstance(node, ListConfig) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            raise ConfigError(f"unknown config key '{key}': '{'.'.join(parts[:i])}' has no field '{part}'")
+    return node
+
+
+def _check_type(key: str, old: Any, new: Any) -> None:
+    if old is None or new is None:
+        return
+    number = (int, float)
+    ok = (isinstance(old, bool) and isinstance(new, bool)) or (
+        not isinstance(old, bool) and isinstance(old, number) and isinstance(new, number)
+        and not isinstance(new, bool) and not (isinstance(old, int) and isinstance(new, float))) or (
+        isinstance(old, str) and isinstance(new, str)) or (
+        isinstance(old, (list, ListConfig)) and isinstance(new, list))
+    if not ok:
+        kind = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
+            type(old), "a list" if isinstance(old, (list, ListConfig)) else type(old).__name__)
+        raise ConfigError(f"{key}={new!r} is not allowed; expected {kind}")
+
+
+def load_config(overrides: Sequence[str] = (), root: str | os.PathLike | None = None) -> DictConfig:
+    """The resolved config: root file, selected group files, then overrides, validated."""
+    root = Path(root) if root else config_dir()
+    base = OmegaConf.load(root / "config.yaml")
+    defaults = dict(base.pop("defaults", {}))
+    pairs = _parse(overrides)
+    rest = []
+    for key, value in pairs:
+        if key in GROUPS:
+            defaults[key] = value
+        else:
+            rest.append((key, value))
+    for group, name in defaults.items():
+        path = root / group / f"{name}.yaml"
+        if not path.is_file():
+            raise ConfigError(not_allowed(group, name, _choices(root, group)))
+        base[group] = OmegaConf.load(path)
+    for key, value in rest:
+        old = _check_key(base, key)
+        try:
+            new = yaml.safe_load(value) if value != "" else None
+        except yaml.YAMLError:
+            new = value
+        _check_type(key, OmegaConf.to_object(old) if isinstance(old, (DictConfig, ListConfig)) else old, new)
+        OmegaConf.update(base, key, new, merge=False)
+    validate(base)
+    return base
+
+
+def validate(cfg: DictConfig) -> None:
+    from .backend import available_backends
+
+    allowed = [*available_backends(), "auto"]
+    for key in ("backend", "parity.against"):
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(not_allowed(key, value, allowed))
+    if not isinstance(cfg.seed, int) or cfg.seed < 0:
+        raise ConfigError(f"seed={cfg.seed} is not allowed; allowed: an integer >= 0")
+
+
+def model_params(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
+    params = OmegaConf.to_container(cfg.model, resolve=True)
+    return params.pop("name"), params

@@ -1,0 +1,33 @@
+import zlib  # noqa: F401  - before any paddle import (see STACK.md)
+
+import numpy as np
+import pytest
+
+import dualml
+from dualml import nn
+
+
+class TinyMLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 8)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+@pytest.fixture
+def tiny() -> TinyMLP:
+    return TinyMLP()
+
+
+@pytest.fixture(params=["torch", "paddle"])
+def backend(request) -> str:
+    return request.param
+
+
+def run(net, backend: str, x: np.ndarray) -> np.ndarray:
+    be = dualml.get_backend(backend)
+    return be.numpy(net(be.tensor(x)))
