@@ -6,10 +6,19 @@ from __future__ import annotations
 
 from . import nn
 from .backend import Rule, available_backends, get_backend, register_layer
-from .build import (LoadReport, build, check_weights, convert, export_native, get_grads, get_weights,
-                    import_native, native_leaves, set_weights)
-from .errors import (BackendError, ConfigError, DualmlError, LayerInputError, WeightsError,
-                     WeightsFileError)
+from .build import (
+                    LoadReport,
+                    build,
+                    check_weights,
+                    convert,
+                    export_native,
+                    get_grads,
+                    get_weights,
+                    import_native,
+                    native_leaves,
+                    set_weights,
+)
+from .errors import BackendError, ConfigError, DualmlError, LayerInputError, WeightsError, WeightsFileError
 from .module import Buffer, Module, ModuleList, Parameter, Sequential, init_weights, manifest
 
 __version__ = "0.1.0"

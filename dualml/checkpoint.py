@@ -49,7 +49,8 @@ def digest(weights: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def save_weights(path: str | os.PathLike, weights: dict[str, np.ndarray], metadata: dict[str, Any] | None = None) -> Path:
+def save_weights(path: str | os.PathLike, weights: dict[str, np.ndarray],
+                 metadata: dict[str, Any] | None = None) -> Path:
     """Save canonical weights (and JSON-able ``metadata``) atomically as safetensors."""
     from safetensors.numpy import save
 

@@ -18,7 +18,8 @@ GROUPS = ("model", "data", "trainer")
 
 def config_dir() -> Path:
     """$DUALML_CONFIG_DIR, else ./configs, else the configs/ folder of this source tree."""
-    for candidate in (os.environ.get("DUALML_CONFIG_DIR"), "configs", Path(__file__).resolve().parent.parent / "configs"):
+    here = Path(__file__).resolve().parent.parent / "configs"
+    for candidate in (os.environ.get("DUALML_CONFIG_DIR"), "configs", here):
         if candidate and (Path(candidate) / "config.yaml").is_file():
             return Path(candidate)
     raise ConfigError("no configs/config.yaml found; run from the repository or set DUALML_CONFIG_DIR")

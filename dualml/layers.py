@@ -112,7 +112,7 @@ def _tuple(v: int | Sequence[int], n: int) -> tuple[int, ...]:
 def _float_input(kind: str, shape: tuple[int, ...], dtype: str, ndims: Sequence[int], dim: int,
                  size: int, what: str) -> str | None:
     if not dtype.startswith(("float", "bfloat")):
-        return f"a floating-point tensor"
+        return "a floating-point tensor"
     if len(shape) not in ndims:
         return f"a {' or '.join(str(n) for n in ndims)}-d input {what}"
     if shape[dim] != size:
@@ -366,7 +366,7 @@ class Embedding(Layer):
 
     def check_input(self, shape, dtype):
         if not dtype.startswith(("int", "uint")):
-            return f"integer token ids"
+            return "integer token ids"
         return None
 
     @classmethod

@@ -35,7 +35,8 @@ def test_built_models_are_native(backend):
 
 
 def test_same_seed_same_weights_different_seed_differs(tiny):
-    a, b = dualml.get_weights(dualml.build(tiny, "torch", seed=3)), dualml.get_weights(dualml.build(tiny, "paddle", seed=3))
+    a = dualml.get_weights(dualml.build(tiny, "torch", seed=3))
+    b = dualml.get_weights(dualml.build(tiny, "paddle", seed=3))
     assert all(np.array_equal(a[k], b[k]) for k in a)
     c = dualml.get_weights(dualml.build(tiny, "torch", seed=4))
     assert not np.array_equal(a["fc1.weight"], c["fc1.weight"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import zlib  # noqa: F401  - must precede the first `import paddle`
 
-from .adapter import backend
 from . import layers as _layers  # noqa: F401  (registers the built-in layers)
+from .adapter import backend
 
 __all__ = ["backend"]

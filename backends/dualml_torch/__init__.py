@@ -5,7 +5,7 @@ namespace. Importing it registers every built-in layer for ``backend=torch``.
 """
 from __future__ import annotations
 
-from .adapter import backend
 from . import layers as _layers  # noqa: F401  (registers the built-in layers)
+from .adapter import backend
 
 __all__ = ["backend"]
