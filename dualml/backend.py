@@ -180,6 +180,10 @@ class Backend(ABC):
     def set_train(self, module: Any, mode: bool) -> None: ...
 
     @abstractmethod
+    def to_dtype(self, module: Any, dtype: str) -> None:
+        """Cast floating parameters and buffers in place (e.g. 'float64' for exact-math checks)."""
+
+    @abstractmethod
     def hooks(self, leaves: dict[str, Any], pre: Callable[[str, tuple], None] | None = None,
               post: Callable[[str, Any], None] | None = None) -> AbstractContextManager:
         """Context manager installing forward pre/post hooks on ``leaves`` (path -> native layer)."""

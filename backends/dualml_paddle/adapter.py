@@ -66,6 +66,9 @@ class PaddleBackend(Backend):
     def set_train(self, module: Any, mode: bool) -> None:
         module.train() if mode else module.eval()
 
+    def to_dtype(self, module: Any, dtype: str) -> None:
+        module.to(dtype=dtype)
+
     @contextmanager
     def hooks(self, leaves: dict[str, Any], pre: Callable | None = None,
               post: Callable | None = None) -> AbstractContextManager:

@@ -64,6 +64,9 @@ class TorchBackend(Backend):
     def set_train(self, module: Any, mode: bool) -> None:
         module.train(mode)
 
+    def to_dtype(self, module: Any, dtype: str) -> None:
+        module.to(getattr(torch, dtype))
+
     @contextmanager
     def hooks(self, leaves: dict[str, Any], pre: Callable | None = None,
               post: Callable | None = None) -> AbstractContextManager:
