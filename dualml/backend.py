@@ -201,6 +201,25 @@ class Backend(ABC):
     @abstractmethod
     def seed(self, seed: int) -> None: ...
 
+    #: attributes of native layers that are bookkeeping, not hyper-parameters (never compared)
+    hparam_ignore: frozenset[str] = frozenset({"training"})
+
+    def hparams(self, layer: Any) -> dict[str, Any]:
+        """A native layer's own simple-valued attributes (eps, momentum, stride, ...), to check that
+        a hand-written layer was configured like the dualml spec, in the framework's own terms."""
+        simple = (int, float, bool, str, type(None))
+        out = {}
+        for k, v in vars(layer).items():
+            if k in self.hparam_ignore or k.startswith("__"):
+                continue
+            if isinstance(v, simple) or (isinstance(v, (list, tuple)) and all(isinstance(x, simple) for x in v)):
+                out[k] = tuple(v) if isinstance(v, list) else v
+        return out
+
+    @abstractmethod
+    def sublayers(self, layer: Any) -> list[tuple[str, Any]]:
+        """(dotted name, module) for the layer itself ('') and every module inside it."""
+
     def is_tensor(self, value: Any) -> bool:
         return hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, np.ndarray)
 

@@ -19,6 +19,9 @@ paddle.set_device("cpu")
 
 class PaddleBackend(Backend):
     name = "paddle"
+    hparam_ignore = frozenset({"training", "_full_name", "_built", "_dtype", "_init_in_dynamic_mode",
+                               "_cast_to_low_precison", "name", "_name", "_weight_attr", "_bias_attr",
+                               "_param_attr", "could_use_cudnn", "_use_cudnn"})
     version = paddle.__version__
     module_base = paddle.nn.Layer
     ops = ops
@@ -43,7 +46,7 @@ class PaddleBackend(Backend):
             if k not in state or tuple(state[k].shape) != tuple(v.shape):
                 raise WeightsError(f"paddle {type(module).__name__}: no tensor '{k}' of shape {list(v.shape)}")
         for k, v in values.items():
-            state[k].set_value(np.ascontiguousarray(v))
+            state[k].set_value(np.array(v, order="C"))
 
     def grads(self, module: Any) -> dict[str, np.ndarray]:
         return {k: (p.grad.numpy().copy() if p.grad is not None else np.zeros(p.shape, "float32"))
@@ -65,6 +68,9 @@ class PaddleBackend(Backend):
 
     def set_train(self, module: Any, mode: bool) -> None:
         module.train() if mode else module.eval()
+
+    def sublayers(self, layer: Any) -> list[tuple[str, Any]]:
+        return list(layer.named_sublayers(include_self=True))
 
     def to_dtype(self, module: Any, dtype: str) -> None:
         module.to(dtype=dtype)

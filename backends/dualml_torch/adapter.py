@@ -16,6 +16,7 @@ from . import ops
 
 class TorchBackend(Backend):
     name = "torch"
+    hparam_ignore = frozenset({"training", "_is_full_backward_hook"})
     version = torch.__version__
     module_base = torch.nn.Module
     ops = ops
@@ -40,7 +41,7 @@ class TorchBackend(Backend):
                 raise WeightsError(f"torch {type(module).__name__}: no tensor '{k}' of shape {list(v.shape)}")
         with torch.no_grad():
             for k, v in values.items():
-                state[k].copy_(torch.from_numpy(np.ascontiguousarray(v)))
+                state[k].copy_(torch.from_numpy(np.array(v, order="C")))  # keeps 0-d
 
     def grads(self, module: Any) -> dict[str, np.ndarray]:
         return {k: (p.grad.detach().numpy().copy() if p.grad is not None else np.zeros(tuple(p.shape), "float32"))
@@ -63,6 +64,9 @@ class TorchBackend(Backend):
 
     def set_train(self, module: Any, mode: bool) -> None:
         module.train(mode)
+
+    def sublayers(self, layer: Any) -> list[tuple[str, Any]]:
+        return list(layer.named_modules())
 
     def to_dtype(self, module: Any, dtype: str) -> None:
         module.to(getattr(torch, dtype))
