@@ -23,7 +23,7 @@ class MLP(nn.Module):
         self.in_features = in_features
         sizes = [in_features, *hidden]
         blocks: list[nn.Module] = []
-        for a, b in zip(sizes[:-1], sizes[1:]):
+        for a, b in zip(sizes[:-1], sizes[1:], strict=True):
             blocks += [nn.Linear(a, b), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout > 0 else [])
         self.flatten = nn.Flatten()
         self.body = nn.Sequential(*blocks)
