@@ -21,7 +21,7 @@ setup(
     package_dir={"dualml": "dualml", "dualml_torch": "backends/dualml_torch",
                  "dualml_paddle": "backends/dualml_paddle"},
     install_requires=["numpy>=1.24,<2", "omegaconf>=2.3", "safetensors>=0.4", "tqdm", "matplotlib",
-                      "scikit-learn"],
+                      "scikit-learn", "tensorboardX>=2.6"],
     extras_require={"torch": TORCH + EXPORT, "paddle": PADDLE + EXPORT, "all": TORCH + PADDLE + EXPORT,
                     "dev": TORCH + PADDLE + EXPORT + DEV},
     entry_points={

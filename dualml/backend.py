@@ -216,6 +216,58 @@ class Backend(ABC):
                 out[k] = tuple(v) if isinstance(v, list) else v
         return out
 
+    # ------------------------------------------------------------------ training (see dualml.trainer)
+    @abstractmethod
+    def make_optimizer(self, module: Any, spec: Any, groups: list[Any], frozen: list[str]) -> Any:
+        """The framework's own optimizer for ``spec`` (dualml.optim.OptimSpec) over ``groups``;
+        ``frozen`` parameters get no gradient and no optimizer slot."""
+
+    @abstractmethod
+    def set_lr(self, opt: Any, base_lr: float, groups: list[Any]) -> None:
+        """Apply this step's scheduled base rate (group multipliers included)."""
+
+    @abstractmethod
+    def cross_entropy(self, logits: Any, labels: Any) -> Any:
+        """Mean softmax cross-entropy over the batch (int64 labels)."""
+
+    @abstractmethod
+    def autocast(self, amp: str | None) -> AbstractContextManager:
+        """Mixed precision context: None, 'bf16' (CPU/GPU) or 'fp16' (CUDA)."""
+
+    @abstractmethod
+    def backward_scaled(self, loss: Any, scale: float) -> None: ...
+
+    @abstractmethod
+    def clip_grads(self, module: Any, max_norm: float | None) -> float:
+        """Global L2 norm of all gradients; if ``max_norm``, scale them by min(1, max_norm/(norm+1e-6))
+        (one formula on both backends; paddle's own clipper has no epsilon)."""
+
+    @abstractmethod
+    def optimizer_step(self, opt: Any) -> None:
+        """Apply the update and clear the gradients."""
+
+    @abstractmethod
+    def item(self, tensor: Any) -> float: ...
+
+    @abstractmethod
+    def optimizer_slots(self, opt: Any, module: Any, spec: Any) -> dict[str, dict[str, np.ndarray]]:
+        """{slot: {native parameter name: array}} for the neutral slots of ``spec``."""
+
+    @abstractmethod
+    def load_optimizer_slots(self, opt: Any, module: Any, spec: Any, slots: dict[str, dict[str, np.ndarray]],
+                             step: int, extras: dict[str, np.ndarray] | None = None) -> None:
+        """Install slot arrays, the step count and (same backend only) :meth:`optimizer_extras`, so
+        the next update continues the run exactly."""
+
+    def optimizer_extras(self, opt: Any, module: Any) -> dict[str, np.ndarray]:
+        """Backend-only optimizer state that canonical slots derive approximately (paddle's float32
+        beta-power accumulators); restored only on the same backend so a resume is bit-exact."""
+        return {}
+
+    def parameter_names(self, module: Any) -> list[str]:
+        """Full names of the module's parameters (named_parameters order, shared ones once)."""
+        return [n for n, _ in module.named_parameters()]
+
     @abstractmethod
     def sublayers(self, layer: Any) -> list[tuple[str, Any]]:
         """(dotted name, module) for the layer itself ('') and every module inside it."""

@@ -338,3 +338,62 @@ def _diagnose(native: Any, args: tuple, kwargs: dict, exc: Exception) -> None:
                                   f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
     finally:
         be.set_train(native, was_training)
+
+
+def _rules_by_node(native: Any) -> list[tuple[str, list]]:
+    """(path, rules) for every leaf and weight-owning composite; composites map names 1:1."""
+    model, be = neutral_of(native)
+    out = []
+    for path, (node, _) in native_nodes(native).items():
+        if isinstance(node, Layer):
+            out.append((path, layer_impl(be.name, node).rules_for(node)))
+        elif isinstance(node, Module) and _direct_weights(node):
+            from .backend import same
+            out.append((path, same(*_direct_weights(node))))
+    return out
+
+
+def _strip(path: str, name: str) -> str | None:
+    if not path:
+        return name
+    return name[len(path) + 1:] if name.startswith(path + ".") else None
+
+
+def canonical_from_native_names(native: Any, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Arrays keyed by full native parameter name (e.g. optimizer moments) -> canonical layout."""
+    out: dict[str, np.ndarray] = {}
+    for path, rules in _rules_by_node(native):
+        sub = {}
+        for name, value in arrays.items():
+            rel = _strip(path, name)
+            if rel is not None and any(r.native == rel for r in rules):
+                sub[rel] = value
+        out.update({join(path, k): v for k, v in to_canonical(rules, sub).items()})
+    return out
+
+
+def native_names_from_canonical(native: Any, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Inverse of :func:`canonical_from_native_names`: canonical arrays -> full native names."""
+    out: dict[str, np.ndarray] = {}
+    for path, rules in _rules_by_node(native):
+        sub = {}
+        for name, value in arrays.items():
+            rel = _strip(path, name)
+            if rel is not None and any(rel in r.canonical for r in rules):
+                sub[rel] = value
+        out.update({join(path, k): v for k, v in from_canonical(rules, sub).items()})
+    return out
+
+
+def param_index(native: Any) -> dict[str, tuple[str, ...]]:
+    """Native parameter full name -> the canonical names it holds (torch's packed in_proj_weight
+    holds q, k and v). Buffers are not parameters and are left out."""
+    _, be = neutral_of(native)
+    params = set(be.parameter_names(native))
+    out: dict[str, tuple[str, ...]] = {}
+    for path, rules in _rules_by_node(native):
+        for r in rules:
+            full = join(path, r.native)
+            if full in params:
+                out[full] = tuple(join(path, c) for c in r.canonical)
+    return out

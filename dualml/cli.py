@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from .errors import DualmlError
 
 COMMANDS = {
+    "train": "train `model` on `data` with `trainer` settings on `backend`; prints the run folder",
     "parity": "run the parity suite between `backend` and `parity.against`",
     "demo": "build `model` on both backends from one seed, move weights through safetensors, compare",
     "layout": "print the canonical weight layout of `model` and each backend's native names",
@@ -28,6 +29,23 @@ def _write_report(cfg: DictConfig, name: str, report: dict[str, Any], md: str | 
     if md is not None:
         atomic_write_text(out / "report.md", md)
     return out
+
+
+def cmd_train(cfg: DictConfig) -> int:
+    from .trainer import Trainer, TrainingDiverged
+
+    trainer = Trainer(cfg)
+    try:
+        metrics = trainer.fit()
+    except TrainingDiverged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    run = trainer.run_dir
+    print(f"{metrics['model']} [{metrics['backend']}]: test accuracy {metrics['test_acc']:.4f}, test loss "
+          f"{metrics['test_loss']:.4f} after {metrics['steps']} steps / {metrics['epochs']} epochs "
+          f"in {metrics['seconds']:.1f} s" + (" (stopped early)" if metrics["stopped_early"] else ""))
+    print(f"run folder: {run} (metrics.json, curves.png, steps.csv, epochs.csv, tb/, best/last.safetensors)")
+    return 0
 
 
 def cmd_parity(cfg: DictConfig) -> int:

@@ -39,11 +39,17 @@ def _parse(overrides: Sequence[str]) -> list[tuple[str, str]]:
     return out
 
 
+#: sections whose keys depend on a chosen kind (validated by their own module, e.g. schedules)
+OPEN_SECTIONS = ("trainer.schedule", "data")
+
+
 def _check_key(cfg: DictConfig, key: str) -> Any:
     node: Any = cfg
     parts = key.split(".")
     for i, part in enumerate(parts):
         if isinstance(node, DictConfig):
+            if part not in node and ".".join(parts[:i]) in OPEN_SECTIONS and i == len(parts) - 1:
+                return None
             if part not in node:
                 where = ".".join(parts[:i])
                 allowed = [f"{where}.{k}" if where else str(k) for k in node.keys()]
@@ -95,6 +101,11 @@ def load_config(overrides: Sequence[str] = (), root: str | os.PathLike | None = 
             new = yaml.safe_load(value) if value != "" else None
         except yaml.YAMLError:
             new = value
+        if isinstance(new, str):  # YAML 1.1 reads 1e-4 as a string; a number is meant
+            try:
+                new = float(new)
+            except ValueError:
+                pass
         _check_type(key, OmegaConf.to_object(old) if isinstance(old, (DictConfig, ListConfig)) else old, new)
         OmegaConf.update(base, key, new, merge=False)
     validate(base)

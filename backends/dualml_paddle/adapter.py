@@ -13,11 +13,12 @@ from dualml.backend import Backend
 from dualml.errors import WeightsError
 
 from . import ops
+from .training import PaddleTraining
 
 paddle.set_device("cpu")
 
 
-class PaddleBackend(Backend):
+class PaddleBackend(PaddleTraining, Backend):
     name = "paddle"
     hparam_ignore = frozenset({"training", "_full_name", "_built", "_dtype", "_init_in_dynamic_mode",
                                "_cast_to_low_precison", "name", "_name", "_weight_attr", "_bias_attr",

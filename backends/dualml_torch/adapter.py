@@ -12,9 +12,10 @@ from dualml.backend import Backend
 from dualml.errors import WeightsError
 
 from . import ops
+from .training import TorchTraining
 
 
-class TorchBackend(Backend):
+class TorchBackend(TorchTraining, Backend):
     name = "torch"
     hparam_ignore = frozenset({"training", "_is_full_backward_hook"})
     version = torch.__version__
@@ -100,3 +101,4 @@ class TorchBackend(Backend):
 
 
 backend = TorchBackend()
+

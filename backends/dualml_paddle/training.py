@@ -1,0 +1,105 @@
+"""Training operations for paddle: paddle.optimizer classes configured to torch's semantics,
+auto_cast, clipping with the neutral formula, canonical optimizer state via accumulator names."""
+from __future__ import annotations
+
+import contextlib
+import zlib  # noqa: F401  - before paddle, see __init__
+from contextlib import AbstractContextManager
+from typing import Any
+
+import numpy as np
+import paddle
+
+_ACCUMULATORS = {"momentum_buffer": "velocity", "exp_avg": "moment1", "exp_avg_sq": "moment2"}
+
+
+class PaddleTraining:
+    def make_optimizer(self, module: Any, spec: Any, groups: list[Any], frozen: list[str]) -> Any:
+        params = dict(module.named_parameters())
+        for name in frozen:
+            params[name].stop_gradient = True
+        # a group's learning_rate is a multiplier of the optimizer's rate in paddle
+        pgroups = [{"params": [params[n] for n in g.native_names], "learning_rate": g.lr_mult} for g in groups]
+        wd = spec.weight_decay or None
+        if spec.name == "sgd" and spec.momentum == 0:
+            return paddle.optimizer.SGD(learning_rate=spec.lr, parameters=pgroups, weight_decay=wd)
+        if spec.name == "sgd":
+            return paddle.optimizer.Momentum(learning_rate=spec.lr, momentum=spec.momentum, parameters=pgroups,
+                                             use_nesterov=spec.nesterov, weight_decay=wd)
+        b1, b2 = spec.betas
+        if spec.name == "adam":
+            return paddle.optimizer.Adam(learning_rate=spec.lr, beta1=b1, beta2=b2, epsilon=spec.eps,
+                                         parameters=pgroups, weight_decay=wd)
+        return paddle.optimizer.AdamW(learning_rate=spec.lr, beta1=b1, beta2=b2, epsilon=spec.eps,
+                                      parameters=pgroups, weight_decay=spec.weight_decay)
+
+    def set_lr(self, opt: Any, base_lr: float, groups: list[Any]) -> None:
+        opt.set_lr(base_lr)
+
+    def cross_entropy(self, logits: Any, labels: Any) -> Any:
+        return paddle.nn.functional.cross_entropy(logits.astype("float32"), labels)
+
+    def autocast(self, amp: str | None) -> AbstractContextManager:
+        if amp is None:
+            return contextlib.nullcontext()
+        return paddle.amp.auto_cast(dtype="bfloat16" if amp == "bf16" else "float16", level="O1")
+
+    def backward_scaled(self, loss: Any, scale: float) -> None:
+        (loss * scale).backward() if scale != 1.0 else loss.backward()
+
+    def clip_grads(self, module: Any, max_norm: float | None) -> float:
+        grads = [p.grad for p in module.parameters() if p.grad is not None and not p.stop_gradient]
+        if not grads:
+            return 0.0
+        norm = float(paddle.sqrt(paddle.add_n([paddle.sum(g.astype("float32") ** 2) for g in grads])))
+        if max_norm is not None:
+            coef = min(1.0, max_norm / (norm + 1e-6))
+            if coef < 1.0:
+                for g in grads:
+                    g.scale_(coef)
+        return norm
+
+    def optimizer_step(self, opt: Any) -> None:
+        opt.step()
+        opt.clear_grad(set_to_zero=False)
+
+    def item(self, tensor: Any) -> float:
+        return float(tensor.item())
+
+    def optimizer_slots(self, opt: Any, module: Any, spec: Any) -> dict[str, dict[str, np.ndarray]]:
+        state = opt.state_dict()
+        out: dict[str, dict[str, np.ndarray]] = {s: {} for s in spec.slots}
+        for name, p in module.named_parameters():
+            for slot in spec.slots:
+                key = f"{p.name}_{_ACCUMULATORS[slot]}_0"
+                if key in state:
+                    out[slot][name] = state[key].numpy().copy()
+        return out
+
+    def load_optimizer_slots(self, opt: Any, module: Any, spec: Any, slots: dict[str, dict[str, np.ndarray]],
+                             step: int, extras: dict[str, np.ndarray] | None = None) -> None:
+        state = {}
+        for name, p in module.named_parameters():
+            have = False
+            for slot in spec.slots:
+                if name in slots.get(slot, {}):
+                    state[f"{p.name}_{_ACCUMULATORS[slot]}_0"] = paddle.to_tensor(slots[slot][name])
+                    have = True
+            if have and spec.name != "sgd":  # paddle keeps beta^(t+1) after t updates
+                for i, beta in enumerate(spec.betas, start=1):
+                    exact = (extras or {}).get(f"{name}.beta{i}_pow_acc")
+                    value = exact if exact is not None else np.array([beta ** (step + 1)], "float32")
+                    state[f"{p.name}_beta{i}_pow_acc_0"] = paddle.to_tensor(value)
+        if state:  # one call: set_state_dict replaces what an earlier call left pending
+            opt.set_state_dict(state)
+
+    def optimizer_extras(self, opt: Any, module: Any) -> dict[str, np.ndarray]:
+        state = opt.state_dict()
+        out = {}
+        for name, p in module.named_parameters():
+            for i in (1, 2):
+                key = f"{p.name}_beta{i}_pow_acc_0"
+                if key in state:
+                    out[f"{name}.beta{i}_pow_acc"] = state[key].numpy().copy()
+        return out
+

@@ -1,0 +1,83 @@
+"""Training operations for torch: torch.optim optimizers, autocast, clipping, canonical optimizer state."""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Any
+
+import numpy as np
+import torch
+
+_TORCH_SLOTS = {"momentum_buffer": "momentum_buffer", "exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq"}
+
+
+def _make_optimizer(module: Any, spec: Any, groups: list[Any], frozen: list[str]) -> Any:
+    params = dict(module.named_parameters())
+    for name in frozen:
+        params[name].requires_grad_(False)
+    torch_groups = [{"params": [params[n] for n in g.native_names], "lr": spec.lr * g.lr_mult} for g in groups]
+    if spec.name == "sgd":
+        return torch.optim.SGD(torch_groups, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov,
+                               weight_decay=spec.weight_decay)
+    cls = torch.optim.Adam if spec.name == "adam" else torch.optim.AdamW
+    return cls(torch_groups, lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay)
+
+
+class TorchTraining:
+    def make_optimizer(self, module: Any, spec: Any, groups: list[Any], frozen: list[str]) -> Any:
+        return _make_optimizer(module, spec, groups, frozen)
+
+    def set_lr(self, opt: Any, base_lr: float, groups: list[Any]) -> None:
+        for pg, g in zip(opt.param_groups, groups, strict=True):
+            pg["lr"] = base_lr * g.lr_mult
+
+    def cross_entropy(self, logits: Any, labels: Any) -> Any:
+        return torch.nn.functional.cross_entropy(logits.float(), labels)
+
+    def autocast(self, amp: str | None) -> AbstractContextManager:
+        if amp is None:
+            return torch.autocast("cpu", enabled=False)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.autocast(device, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+    def backward_scaled(self, loss: Any, scale: float) -> None:
+        (loss * scale).backward() if scale != 1.0 else loss.backward()
+
+    def clip_grads(self, module: Any, max_norm: float | None) -> float:
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        if not grads:
+            return 0.0
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        if max_norm is not None:
+            coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+            for g in grads:
+                g.mul_(coef)
+        return float(norm)
+
+    def optimizer_step(self, opt: Any) -> None:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def item(self, tensor: Any) -> float:
+        return float(tensor.detach())
+
+    def optimizer_slots(self, opt: Any, module: Any, spec: Any) -> dict[str, dict[str, np.ndarray]]:
+        out: dict[str, dict[str, np.ndarray]] = {s: {} for s in spec.slots}
+        for name, p in module.named_parameters():
+            state = opt.state.get(p, {})
+            for slot in spec.slots:
+                if state.get(_TORCH_SLOTS[slot]) is not None:
+                    out[slot][name] = state[_TORCH_SLOTS[slot]].detach().numpy().copy()
+        return out
+
+    def load_optimizer_slots(self, opt: Any, module: Any, spec: Any, slots: dict[str, dict[str, np.ndarray]],
+                             step: int, extras: dict[str, np.ndarray] | None = None) -> None:
+        for name, p in module.named_parameters():
+            state = {}
+            for slot in spec.slots:
+                if name in slots.get(slot, {}):
+                    state[_TORCH_SLOTS[slot]] = torch.from_numpy(np.array(slots[slot][name], order="C"))
+            if state:
+                if spec.name != "sgd":
+                    state["step"] = torch.tensor(float(step))
+                opt.state[p] = state
+

@@ -1,0 +1,343 @@
+"""Data sets and batches in plain numpy, so both backends train on exactly the same batches.
+
+Why not ``torch.utils.data.DataLoader`` / ``paddle.io.DataLoader``: each draws its shuffle order from
+its own framework's random generator, so the same seed gives different batches on the two backends
+(and a different loss curve before the model has done anything different). Here the split into
+train/val/test is stratified and fixed by ``seed``, and the order of epoch ``e`` is the permutation
+drawn from ``np.random.default_rng([seed, e])``: a pure function of (seed, epoch), the same on every
+backend, every machine and after a resume, with no sampler state to checkpoint. A resumed run calls
+``set_epoch(e)`` and ``skip(n)`` and sees exactly the batches the interrupted run would have seen.
+Batches are numpy arrays; the trainer turns them into tensors with the backend's ``tensor()``.
+
+Data parallel: the *global* batch (``batch_size`` rows, the same as a single-process run) is dealt
+out round-robin, rank ``r`` taking rows ``r::world_size``. Global row ``i`` is row ``i // world_size``
+of rank ``i % world_size``, so writing shard ``r`` back to ``full[r::world_size]`` rebuilds the
+single-process batch exactly, and the ranks' union is that batch.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import numbers
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, did_you_mean, not_allowed
+
+
+@dataclass
+class Split:
+    """One split: samples ``x`` [n, *sample_shape] and int64 class labels ``y`` [n]."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class Dataset:
+    """Train/val/test splits of one data set. ``mean``/``std`` are the train-split statistics used
+    when ``standardize`` was on (per sample element, shaped like a sample), else None; serving must
+    apply the same scaling."""
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The per-sample shape (no batch dimension)."""
+        return tuple(self.train.x.shape[1:])
+
+
+#: ``data.name`` values and the keys each one uses besides the common ones.
+DATASETS: dict[str, tuple[str, ...]] = {"digits": (), "arrays": ("path",), "hook": ("hook",)}
+#: Every key ``data`` may hold, with defaults (``batch_size`` is read by the trainer, not here).
+DATA_KEYS: dict[str, Any] = {"name": "digits", "val_fraction": 0.1, "test_fraction": 0.2, "batch_size": 64,
+                             "standardize": False, "path": None, "hook": None}
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def check_data_config(data_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate the ``data`` config group and return it with defaults filled in (ConfigError otherwise)."""
+    cfg = dict(data_cfg or {})
+    for key in cfg:
+        if key not in DATA_KEYS:
+            allowed = [f"data.{k}" for k in DATA_KEYS]
+            raise ConfigError(f"unknown config key 'data.{key}'{did_you_mean(f'data.{key}', allowed)}; "
+                              f"allowed under data: {', '.join(allowed)}")
+    out = {k: cfg.get(k, v) for k, v in DATA_KEYS.items()}
+    name = out["name"]
+    if name not in DATASETS:
+        raise ConfigError(not_allowed("data.name", name, DATASETS))
+    for frac in ("val_fraction", "test_fraction"):
+        v = out[frac]
+        if not _is_real(v) or not 0 < v < 1:
+            raise ConfigError(f"data.{frac}={v!r} is not allowed; it must be a number > 0 and < 1")
+    if out["val_fraction"] + out["test_fraction"] >= 1:
+        raise ConfigError(f"data.val_fraction={out['val_fraction']} with data.test_fraction={out['test_fraction']} "
+                          "is not allowed; together they must be < 1 (the rest is the train split)")
+    if out["batch_size"] is not None and (not _is_int(out["batch_size"]) or out["batch_size"] < 1):
+        raise ConfigError(f"data.batch_size={out['batch_size']!r} is not allowed; it must be a positive integer")
+    if not isinstance(out["standardize"], bool):
+        raise ConfigError(f"data.standardize={out['standardize']!r} is not allowed; allowed: false, true")
+    for key in ("path", "hook"):
+        if key in DATASETS[name] and not out[key]:
+            raise ConfigError(f"data.{key} is required for data.name={name}")
+        if key not in DATASETS[name] and out[key] is not None:
+            users = [n for n, keys in DATASETS.items() if key in keys]
+            raise ConfigError(f"data.{key}={out[key]} is not allowed with data.name={name}; "
+                              f"it is only read by data.name={', '.join(users)}")
+    return out
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
+
+    d = load_digits()
+    return (d.images / 16.0).astype(np.float32), d.target.astype(np.int64)
+
+
+def _arrays(path: str) -> tuple[np.ndarray, np.ndarray]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"data.path={path} is not allowed; no such file (expected an .npz with arrays x and y)")
+    try:
+        with np.load(p, allow_pickle=False) as npz:  # no pickle: an .npz of plain arrays only
+            arrays = {k: npz[k] for k in npz.files if k in ("x", "y")}
+            files = list(npz.files)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"data.path={path} is not allowed; not a readable .npz of plain arrays ({exc})") from exc
+    missing = [k for k in ("x", "y") if k not in arrays]
+    if missing:
+        raise ConfigError(f"data.path={path} is not allowed; it lacks array(s) {', '.join(missing)} "
+                          f"(has: {', '.join(files) or 'none'}; needs x and y)")
+    return arrays["x"], arrays["y"]
+
+
+def _hook(spec: str) -> Any:
+    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
+        raise ConfigError(f"data.hook={spec} is not allowed; it must be 'package.module:function'")
+    mod_name, fn_name = spec.split(":")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise ConfigError(f"data.hook={spec} is not allowed; cannot import module '{mod_name}' ({exc})") from exc
+    fn = getattr(mod, fn_name, None)
+    if not callable(fn):
+        names = [n for n in dir(mod) if not n.startswith("_") and callable(getattr(mod, n))]
+        raise ConfigError(f"data.hook={spec} is not allowed; module '{mod_name}' has no function '{fn_name}'"
+                          f"{did_you_mean(fn_name, names)}")
+    out = fn()
+    if isinstance(out, Dataset):
+        return out
+    if isinstance(out, tuple) and len(out) == 2:
+        return out
+    raise ConfigError(f"data.hook={spec} is not allowed; it returned {type(out).__name__}, expected a tuple "
+                      "(x, y) of numpy arrays or a dualml.data.Dataset")
+
+
+def _clean(where: str, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Float samples become float32 (what both backends compute in), integer samples (token ids) int64,
+    labels int64 >= 0."""
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
+        raise ConfigError(f"{where}: x must be [n, *sample_shape] and y [n] with the same n; "
+                          f"got x {x.shape} and y {y.shape}")
+    if np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float32)
+    elif np.issubdtype(x.dtype, np.integer):
+        x = x.astype(np.int64)
+    else:
+        raise ConfigError(f"{where}: x has dtype {x.dtype}; allowed: floating or integer arrays")
+    if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
+        raise ConfigError(f"{where}: y must hold integer class labels >= 0; got dtype {y.dtype}")
+    return x, y.astype(np.int64)
+
+
+def _split(where: str, y: np.ndarray, val_fraction: float, test_fraction: float,
+           seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stratified train/val/test index arrays fixed by ``seed`` (each sorted, so a split is a set and
+    the only order is the Loader's)."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    try:
+        rest, test = train_test_split(idx, test_size=test_fraction, stratify=y, random_state=seed)
+        train, val = train_test_split(rest, test_size=val_fraction / (1.0 - test_fraction), stratify=y[rest],
+                                      random_state=seed)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: cannot make a stratified split with data.val_fraction={val_fraction}, "
+                          f"data.test_fraction={test_fraction} ({exc})") from exc
+    return np.sort(train), np.sort(val), np.sort(test)
+
+
+def _reshape(ds: Dataset, input_shape: tuple[int, ...]) -> Dataset:
+    shape = tuple(int(s) for s in input_shape)
+    have = ds.input_shape
+    if shape == have:
+        return ds
+    if math.prod(shape) != math.prod(have):
+        raise ConfigError(f"data set '{ds.name}': samples have shape {have} ({math.prod(have)} values) but the "
+                          f"model expects {shape} per sample ({math.prod(shape)} values); pick a model whose "
+                          "input fits the data set")
+    r = lambda s: Split(s.x.reshape((len(s.x), *shape)), s.y)  # noqa: E731
+    stat = lambda a: None if a is None else a.reshape(shape)  # noqa: E731
+    return Dataset(ds.name, r(ds.train), r(ds.val), r(ds.test), ds.num_classes, stat(ds.mean), stat(ds.std))
+
+
+def _standardize(ds: Dataset) -> Dataset:
+    if not np.issubdtype(ds.train.x.dtype, np.floating):
+        raise ConfigError(f"data.standardize=true is not allowed for data set '{ds.name}': its samples are "
+                          f"{ds.train.x.dtype} (token ids), not features")
+    x = ds.train.x.astype(np.float64)
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
+    std[std < 1e-12] = 1.0  # constant features (digits' border pixels) are only centred
+    f = lambda s: Split(((s.x - mean) / std).astype(np.float32), s.y)  # noqa: E731
+    return Dataset(ds.name, f(ds.train), f(ds.val), f(ds.test), ds.num_classes,
+                   mean.astype(np.float32), std.astype(np.float32))
+
+
+def load_dataset(data_cfg: Mapping[str, Any] | None, input_shape: tuple[int, ...] | None = None,
+                 seed: int = 0) -> Dataset:
+    """Load the data set the ``data`` config group names, split, optionally standardized and reshaped.
+
+    ``digits``: scikit-learn's bundled 8x8 digits (1,797 images, 10 classes) as float32 in [0, 1],
+    sample shape (8, 8). ``arrays``: ``data.path``, an .npz with ``x`` [n, ...] and ``y`` [n] (read
+    without pickle). ``hook``: ``data.hook = "package.module:function"``, called with no arguments,
+    returning ``(x, y)`` (split here) or a :class:`Dataset` (its splits are kept). ``Dataset.name`` is
+    ``digits``, the .npz file's stem, the hook string, or a returned Dataset's own name. The split is
+    stratified and fixed by ``seed``. ``standardize`` scales every sample element with the train
+    split's mean and std (std 0 -> 1). ``input_shape`` is the model's per-sample shape: samples are
+    reshaped to it when the element count matches, else ConfigError naming both shapes.
+    """
+    cfg = check_data_config(data_cfg)
+    if not _is_int(seed) or seed < 0:
+        raise ConfigError(f"seed={seed!r} is not allowed; it must be an integer >= 0")
+    name = cfg["name"]
+    where = f"data.name={name}"
+    if name == "digits":
+        raw: Any = _digits()
+    elif name == "arrays":
+        raw = _arrays(cfg["path"])
+        where = f"data.path={cfg['path']}"
+    else:
+        raw = _hook(cfg["hook"])
+        where = f"data.hook={cfg['hook']}"
+    if isinstance(raw, Dataset):
+        splits = {}
+        for s in ("train", "val", "test"):
+            x, y = _clean(f"{where} ({s} split)", getattr(raw, s).x, getattr(raw, s).y)
+            if len(y) and y.max() >= raw.num_classes:
+                raise ConfigError(f"{where} ({s} split): label {y.max()} is not allowed with "
+                                  f"num_classes={raw.num_classes}")
+            splits[s] = Split(x, y)
+        ds = Dataset(raw.name, splits["train"], splits["val"], splits["test"], int(raw.num_classes))
+    else:
+        x, y = _clean(where, *raw)
+        tr, va, te = _split(where, y, cfg["val_fraction"], cfg["test_fraction"], int(seed))
+        label = {"digits": "digits", "arrays": Path(str(cfg["path"])).stem, "hook": str(cfg["hook"])}[name]
+        ds = Dataset(label, Split(x[tr], y[tr]), Split(x[va], y[va]), Split(x[te], y[te]), int(y.max()) + 1)
+    if cfg["standardize"]:
+        ds = _standardize(ds)
+    if input_shape is not None:
+        ds = _reshape(ds, tuple(input_shape))
+    return ds
+
+
+class Loader:
+    """Seeded mini-batches of one split: ``for x, y in loader`` yields numpy arrays.
+
+    Call ``set_epoch(e)`` before each epoch (as with torch's DistributedSampler): the order of epoch
+    ``e`` is ``np.random.default_rng([seed, e]).permutation(n)`` (``shuffle=False``: 0..n-1), so it does
+    not depend on how many epochs this object has iterated. ``skip(n)`` makes the next iteration start
+    at batch ``n`` of the epoch (resume mid-epoch). ``len(loader)`` is the number of batches per epoch,
+    the same on every rank.
+
+    With ``world_size > 1`` each yielded batch is this rank's shard ``global[rank::world_size]`` of the
+    global batch of ``batch_size`` rows (``batch_size % world_size == 0``). A last partial global batch
+    is kept unless ``drop_last`` (shards then differ by at most one row: weight the loss by rows if it
+    must equal the single-process one), but dropped on every rank when it has fewer rows than ranks,
+    so that no rank gets an empty batch and all ranks run the same number of steps.
+    """
+
+    def __init__(self, split: Split, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
+                 rank: int = 0, world_size: int = 1) -> None:
+        if not _is_int(batch_size) or batch_size < 1:
+            raise ConfigError(f"data.batch_size={batch_size!r} is not allowed; it must be a positive integer")
+        if not _is_int(world_size) or world_size < 1:
+            raise ConfigError(f"world_size={world_size!r} is not allowed; it must be a positive integer")
+        if not _is_int(rank) or not 0 <= rank < world_size:
+            raise ConfigError(f"rank={rank!r} is not allowed; allowed: 0..{world_size - 1} (world_size={world_size})")
+        if batch_size % world_size:
+            raise ConfigError(f"data.batch_size={batch_size} is not allowed with world_size={world_size}; the "
+                              "global batch must split evenly across ranks (batch_size % world_size == 0)")
+        if not _is_int(seed) or seed < 0:
+            raise ConfigError(f"seed={seed!r} is not allowed; it must be an integer >= 0")
+        if len(split.x) != len(split.y):
+            raise ConfigError(f"split has {len(split.x)} samples but {len(split.y)} labels")
+        self.split, self.batch_size, self.shuffle, self.seed = split, int(batch_size), bool(shuffle), int(seed)
+        self.drop_last, self.rank, self.world_size = bool(drop_last), int(rank), int(world_size)
+        self.epoch = 0
+        self._start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration uses."""
+        if not _is_int(epoch) or epoch < 0:
+            raise ConfigError(f"epoch={epoch!r} is not allowed; it must be an integer >= 0")
+        self.epoch = int(epoch)
+
+    def order(self, epoch: int | None = None) -> np.ndarray:
+        """The sample order of ``epoch`` (default: the current one), a pure function of (seed, epoch)."""
+        e = self.epoch if epoch is None else epoch
+        n = len(self.split.y)
+        return np.random.default_rng([self.seed, e]).permutation(n) if self.shuffle else np.arange(n)
+
+    def __len__(self) -> int:
+        n, bs = len(self.split.y), self.batch_size
+        rest = n % bs
+        keep_rest = rest and not self.drop_last and rest >= self.world_size
+        return n // bs + (1 if keep_rest else 0)
+
+    def global_batches(self, epoch: int | None = None) -> list[np.ndarray]:
+        """Index arrays of the global batches of ``epoch`` (what a single process would see)."""
+        idx = self.order(epoch)
+        return [idx[i * self.batch_size:(i + 1) * self.batch_size] for i in range(len(self))]
+
+    def skip(self, n: int) -> Loader:
+        """Start the next iteration at batch ``n`` of the current epoch (0..len); one-shot. Returns self."""
+        if not _is_int(n) or not 0 <= n <= len(self):
+            raise ConfigError(f"skip={n!r} is not allowed; allowed: 0..{len(self)} (batches per epoch)")
+        self._start = int(n)
+        return self
+
+    def iter_from(self, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Batches of the current epoch from batch ``start`` on (this rank's shards)."""
+        if not _is_int(start) or not 0 <= start <= len(self):
+            raise ConfigError(f"skip={start!r} is not allowed; allowed: 0..{len(self)} (batches per epoch)")
+        x, y = self.split.x, self.split.y
+        for rows in self.global_batches()[start:]:
+            shard = rows[self.rank::self.world_size]
+            yield x[shard], y[shard]
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        start, self._start = self._start, 0
+        return self.iter_from(start)

@@ -1,0 +1,379 @@
+"""One backend-neutral training loop over native models.
+
+The loop is written once; every framework call goes through the adapter (forward, loss, backward,
+clip, optimizer step). What makes "same config and seed => same loss curve" true on both backends:
+bit-identical initial weights (canonical, numpy-seeded), identical batches (numpy, order seeded by
+(seed, epoch)), learning rates computed once per step by ``dualml.schedules``, optimizers with one
+defined meaning (``dualml.optim``), and dropout RNG re-seeded from (seed, step), which also makes
+a resumed run draw exactly what the uninterrupted run would have drawn.
+
+Checkpoints are one safetensors file each (``last``, ``best``): canonical weights, canonical
+optimizer slots, and JSON metadata with step, epoch, history and the config, written atomically.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from .backend import Backend, get_backend
+from .build import (
+    build,
+    canonical_from_native_names,
+    get_weights,
+    native_names_from_canonical,
+    param_index,
+    set_weights,
+)
+from .checkpoint import atomic_write_text, load_weights, save_weights
+from .config import model_params
+from .errors import ConfigError, DualmlError
+from .module import Module, describe
+from .optim import OptimSpec, make_groups, parse_optim
+from .zoo import create_model
+
+#: config keys that may differ between a checkpoint and the run resuming it
+RESUME_MAY_CHANGE = ("backend", "trainer.resume", "trainer.run_dir", "trainer.epochs", "trainer.max_steps",
+                     "out_dir", "parity", "trainer.devices", "trainer.eval_batch_size", "trainer.early_stopping")
+
+
+class TrainingDiverged(DualmlError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class History:
+    steps: list[dict[str, float]] = field(default_factory=list)
+    epochs: list[dict[str, float]] = field(default_factory=list)
+
+
+def architecture_hash(model: Module) -> str:
+    return hashlib.sha256(describe(model).encode()).hexdigest()[:16]
+
+
+def _softmax_ce(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-logp[np.arange(len(y)), y].mean()), float((logits.argmax(1) == y).mean())
+
+
+def _flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in (cfg.items() if isinstance(cfg, dict) else []):
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out.update(_flat(v, key) if isinstance(v, dict) else {key: v})
+    return out
+
+
+class Trainer:
+    """Train ``cfg.model`` on ``cfg.data`` with ``cfg.trainer`` on ``cfg.backend``.
+
+    ``write=False`` keeps everything in memory (parity tests); otherwise a run folder holds the
+    config used, step/epoch CSVs, TensorBoard events, checkpoints, metrics.json and curves.png.
+    """
+
+    def __init__(self, cfg: DictConfig, model: Module | None = None, dataset: Any = None,
+                 write: bool = True, progress: bool = True) -> None:
+        from .data import Loader, load_dataset
+
+        self.cfg = cfg
+        self.t = cfg.trainer
+        self.write, self.progress = write, progress
+        self.be: Backend = get_backend(cfg.backend)
+        name, params = model_params(cfg)
+        self.model_name = name
+        self.model = model if model is not None else create_model(name, **params)
+        self.spec: OptimSpec = parse_optim(OmegaConf.to_container(self.t.optimizer, resolve=True))
+        self.sched = OmegaConf.to_container(self.t.schedule, resolve=True)
+        self.accumulate = int(self.t.accumulate)
+        if self.accumulate < 1:
+            raise ConfigError(f"trainer.accumulate={self.accumulate} is not allowed; allowed: an integer >= 1")
+        if self.t.amp not in (None, "bf16", "fp16"):
+            raise ConfigError(f"trainer.amp={self.t.amp} is not allowed; allowed: null, bf16, fp16")
+        if self.t.early_stopping.monitor not in ("val_acc", "val_loss"):
+            raise ConfigError(f"trainer.early_stopping.monitor={self.t.early_stopping.monitor} is not allowed; "
+                              "allowed: val_acc, val_loss")
+        sample_shape = tuple(self.model.input_spec(1)[0].shape[1:])
+        data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+        self.data = dataset if dataset is not None else load_dataset(data_cfg, input_shape=sample_shape, seed=cfg.seed)
+        self.batch_size = int(data_cfg.get("batch_size", 64))
+        self.loader = Loader(self.data.train, self.batch_size, shuffle=True, seed=cfg.seed,
+                             drop_last=True, rank=getattr(self, "rank", 0), world_size=getattr(self, "world_size", 1))
+        self.steps_per_epoch = max(1, len(self.loader) // self.accumulate)
+        self.total_steps = int(self.t.max_steps) if self.t.max_steps else int(self.t.epochs) * self.steps_per_epoch
+        from .schedules import check_schedule
+        self.sched = check_schedule(self.sched, self.total_steps, self.spec.lr, prefix="trainer.schedule",
+                                    lr_key="trainer.optimizer.lr")
+        self.net = build(self.model, cfg.backend, seed=cfg.seed)
+        self._check_data_fits()
+        index = param_index(self.net)
+        self.groups, self.frozen = make_groups(index, OmegaConf.to_container(self.t.param_groups),
+                                               list(self.t.freeze))
+        self.opt = self.be.make_optimizer(self.net, self.spec, self.groups, self.frozen)
+        self.step, self.epoch, self.history = 0, 0, History()
+        self.best: dict[str, Any] = {}
+        self.run_dir: Path | None = None
+
+    # ------------------------------------------------------------------ set-up checks
+    def _check_data_fits(self) -> None:
+        x = self.data.train.x[:2]
+        dtype = str(self.model.input_spec(1)[0].dtype)
+        if str(x.dtype) != dtype:
+            raise ConfigError(f"data {self.data.name} has dtype {x.dtype}; model {self.model_name} takes {dtype}")
+        self.be.set_train(self.net, False)
+        with self.be.no_grad():
+            out = self.be.numpy(self.net(self.be.tensor(x)))
+        if out.ndim != 2 or out.shape[1] != self.data.num_classes:
+            raise ConfigError(f"model {self.model_name} outputs shape {list(out.shape)} but data "
+                              f"{self.data.name} has {self.data.num_classes} classes; set model.num_classes="
+                              f"{self.data.num_classes}")
+
+    # ------------------------------------------------------------------ run folder and checkpoints
+    def _open_run(self) -> None:
+        if not self.write:
+            return
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run = Path(self.t.run_dir or Path("runs") / f"{self.model_name}-{self.cfg.backend}-{stamp}")
+        if self.t.resume:
+            if not (run / "last.safetensors").is_file():
+                raise DualmlError(f"trainer.resume=true but {run}/last.safetensors does not exist; give "
+                                  "trainer.run_dir=<an existing run>")
+            self.run_dir = run
+            self._resume(run / "last.safetensors")
+            return
+        if run.exists():
+            raise DualmlError(f"run folder {run} already exists; choose another trainer.run_dir or continue it "
+                              "with trainer.resume=true (nothing was overwritten)")
+        run.mkdir(parents=True)
+        self.run_dir = run
+        atomic_write_text(run / "config.yaml", OmegaConf.to_yaml(self.cfg))
+
+    def _state_meta(self) -> dict[str, Any]:
+        return {"kind": "dualml-train-checkpoint", "step": self.step, "epoch": self.epoch,
+                "backend": self.be.name, "model": self.model_name, "architecture": architecture_hash(self.model),
+                "optimizer": asdict(self.spec), "seed": self.cfg.seed, "best": self.best,
+                "rng": "derived from (seed, step): nothing to restore",
+                "history_epochs": self.history.epochs, "config": OmegaConf.to_container(self.cfg, resolve=True)}
+
+    def save_checkpoint(self, path: Path) -> None:
+        arrays = {f"model/{k}": v for k, v in get_weights(self.net).items()}
+        native = self.be.optimizer_slots(self.opt, self.net, self.spec)
+        for slot, values in native.items():
+            arrays.update({f"optim/{slot}/{k}": v for k, v in canonical_from_native_names(self.net, values).items()})
+        extras = self.be.optimizer_extras(self.opt, self.net)
+        arrays.update({f"native/{self.be.name}/{k}": v for k, v in extras.items()})
+        save_weights(path, arrays, self._state_meta())
+
+    def _resume(self, path: Path) -> None:
+        arrays, meta = load_weights(path)
+        if meta.get("kind") != "dualml-train-checkpoint":
+            raise DualmlError(f"{path} is not a training checkpoint")
+        problems = []
+        if meta["architecture"] != architecture_hash(self.model):
+            problems.append(f"model: checkpoint is {meta['model']} ({meta['architecture']}), config builds "
+                            f"{self.model_name} ({architecture_hash(self.model)})")
+        ours = _flat(OmegaConf.to_container(self.cfg, resolve=True))
+        theirs = _flat(meta["config"])
+        for key in sorted(set(ours) | set(theirs)):
+            if any(key == k or key.startswith(k + ".") for k in RESUME_MAY_CHANGE):
+                continue
+            if ours.get(key) != theirs.get(key):
+                problems.append(f"{key}: checkpoint {theirs.get(key)!r}, now {ours.get(key)!r}")
+        if problems:
+            raise DualmlError(f"cannot resume from {path}: {'; '.join(problems)} (nothing was overwritten)")
+        set_weights(self.net, {k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
+        slots = {}
+        for slot in self.spec.slots:
+            canon = {k[len(f"optim/{slot}/"):]: v for k, v in arrays.items() if k.startswith(f"optim/{slot}/")}
+            slots[slot] = native_names_from_canonical(self.net, canon)
+        prefix = f"native/{self.be.name}/"
+        extras = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+        self.be.load_optimizer_slots(self.opt, self.net, self.spec, slots, meta["step"], extras)
+        self.step, self.epoch, self.best = meta["step"], meta["epoch"], meta["best"]
+        self.history.epochs = list(meta["history_epochs"])
+        self.resumed_from = {"step": self.step, "backend": meta["backend"]}
+        self._truncate_csv("steps.csv", "step", self.step)
+        self._truncate_csv("epochs.csv", "epoch", self.epoch)
+
+    def _truncate_csv(self, name: str, key: str, last: int) -> None:
+        path = self.run_dir / name
+        if not path.is_file():
+            return
+        rows = list(csv.DictReader(path.open()))
+        keep = [r for r in rows if int(float(r[key])) <= last] if key == "step" else \
+            [r for r in rows if int(float(r[key])) < last]
+        if name == "steps.csv":
+            self.history.steps = [{k: float(v) for k, v in r.items()} for r in keep]
+        buf = io.StringIO()
+        if rows:
+            w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(keep)
+        atomic_write_text(path, buf.getvalue())
+
+    def _append_csv(self, name: str, row: dict[str, Any]) -> None:
+        if not self.run_dir:
+            return
+        path = self.run_dir / name
+        new = not path.is_file()
+        with path.open("a", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, split: Any) -> dict[str, float]:
+        self.be.set_train(self.net, False)
+        outs = []
+        bs = int(self.t.eval_batch_size)
+        with self.be.no_grad():
+            for i in range(0, len(split.y), bs):
+                outs.append(self.be.numpy(self.net(self.be.tensor(split.x[i:i + bs]))))
+        loss, acc = _softmax_ce(np.concatenate(outs), split.y)
+        return {"loss": loss, "acc": acc}
+
+    # ------------------------------------------------------------------ the loop
+    def train_step(self, batches: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+        """One optimizer step over ``accumulate`` micro-batches; returns loss, lr, grad_norm, acc."""
+        from .schedules import lr_at
+
+        be = self.be
+        lr = lr_at(self.step, self.spec.lr, self.sched, self.total_steps)
+        be.set_lr(self.opt, lr, self.groups)
+        be.seed(int(self.cfg.seed) * 1_000_003 + self.step)
+        be.set_train(self.net, True)
+        loss_sum, correct, seen = 0.0, 0, 0
+        for x, y in batches:
+            with be.autocast(self.t.amp):
+                logits = self.net(be.tensor(x))
+                loss = be.cross_entropy(logits, be.tensor(y))
+            be.backward_scaled(loss, 1.0 / len(batches))
+            loss_sum += be.item(loss) / len(batches)
+            correct += int((be.numpy(logits).argmax(1) == y).sum())
+            seen += len(y)
+        if not math.isfinite(loss_sum):
+            raise TrainingDiverged(f"loss is {loss_sum} at step {self.step} (epoch {self.epoch}); stopped before "
+                                   "the update, the last good checkpoint is kept"
+                                   + (f" in {self.run_dir}" if self.run_dir else ""))
+        grad_norm = be.clip_grads(self.net, self.t.clip_norm)
+        be.optimizer_step(self.opt)
+        self.step += 1
+        return {"step": self.step, "epoch": self.epoch, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
+                "acc": correct / max(seen, 1)}
+
+    def fit(self) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        self._open_run()
+        writer = None
+        if self.run_dir:
+            from tensorboardX import SummaryWriter
+            writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step or None)
+        t0 = time.perf_counter()
+        stop = False
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.model_name} [{self.be.name}]",
+                   unit="step", disable=not self.progress, dynamic_ncols=True)
+        patience = int(self.t.early_stopping.patience)
+        monitor = self.t.early_stopping.monitor
+        try:
+            while self.step < self.total_steps and not stop:
+                self.loader.set_epoch(self.epoch)
+                skip = (self.step - self.epoch * self.steps_per_epoch) * self.accumulate
+                it = iter(self.loader.skip(skip) if skip else self.loader)
+                run_loss, run_acc, n = 0.0, 0.0, 0
+                for _ in range(self.steps_per_epoch - skip // self.accumulate):
+                    if self.step >= self.total_steps:
+                        break
+                    batches = [next(it) for _ in range(self.accumulate)]
+                    row = self.train_step(batches)
+                    self.history.steps.append(row)
+                    self._append_csv("steps.csv", row)
+                    if writer:
+                        for k in ("loss", "lr", "grad_norm", "acc"):
+                            writer.add_scalar(f"train/{k}", row[k], self.step)
+                    run_loss, run_acc, n = run_loss + row["loss"], run_acc + row["acc"], n + 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+                    if self.run_dir and self.t.checkpoint_every and self.step % int(self.t.checkpoint_every) == 0:
+                        self.save_checkpoint(self.run_dir / "last.safetensors")
+                epoch_done = self.step % self.steps_per_epoch == 0 or self.step >= self.total_steps
+                if not epoch_done:
+                    continue
+                val = self.evaluate(self.data.val)
+                erow = {"epoch": self.epoch + 1, "step": self.step, "train_loss": run_loss / max(n, 1),
+                        "train_acc": run_acc / max(n, 1), "val_loss": val["loss"], "val_acc": val["acc"],
+                        "seconds": time.perf_counter() - t0}
+                self.history.epochs.append(erow)
+                self._append_csv("epochs.csv", erow)
+                if writer:
+                    for k in ("val_loss", "val_acc", "train_acc"):
+                        writer.add_scalar(f"epoch/{k}", erow[k], self.step)
+                value = val["acc"] if monitor == "val_acc" else val["loss"]
+                better = not self.best or (value > self.best["value"] if monitor == "val_acc"
+                                           else value < self.best["value"])
+                self.epoch += 1
+                if better:
+                    self.best = {"value": value, "epoch": self.epoch, "step": self.step, "monitor": monitor}
+                    if self.run_dir:
+                        self.save_checkpoint(self.run_dir / "best.safetensors")
+                elif patience and self.epoch - self.best["epoch"] >= patience:
+                    stop = True
+                if self.run_dir:
+                    self.save_checkpoint(self.run_dir / "last.safetensors")
+        finally:
+            bar.close()
+            if writer:
+                writer.close()
+        return self._finish(stop, time.perf_counter() - t0)
+
+    def _finish(self, stopped_early: bool, seconds: float) -> dict[str, Any]:
+        final = get_weights(self.net)
+        if self.run_dir and (self.run_dir / "best.safetensors").is_file():
+            arrays, _ = load_weights(self.run_dir / "best.safetensors")
+            set_weights(self.net, {k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
+        test = self.evaluate(self.data.test)
+        metrics = {"model": self.model_name, "backend": self.be.name, "steps": self.step, "epochs": self.epoch,
+                   "test_acc": test["acc"], "test_loss": test["loss"], "best": self.best,
+                   "stopped_early": stopped_early, "seconds": seconds,
+                   "resumed_from": getattr(self, "resumed_from", None)}
+        if self.run_dir:
+            atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
+            self._plot()
+        set_weights(self.net, final)
+        return metrics
+
+    def _plot(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+        steps = [r["step"] for r in self.history.steps]
+        a.plot(steps, [r["loss"] for r in self.history.steps], lw=0.8, label="train loss (step)")
+        ep = self.history.epochs
+        if ep:
+            a.plot([r["step"] for r in ep], [r["val_loss"] for r in ep], "o-", label="val loss")
+            b.plot([r["epoch"] for r in ep], [r["train_acc"] for r in ep], "o-", label="train acc")
+            b.plot([r["epoch"] for r in ep], [r["val_acc"] for r in ep], "o-", label="val acc")
+        a.set_xlabel("optimizer step")
+        a.set_yscale("log")
+        a.legend()
+        b.set_xlabel("epoch")
+        b.legend()
+        fig.suptitle(f"{self.model_name} on {self.data.name} [{self.be.name}]")
+        fig.tight_layout()
+        tmp = self.run_dir / ".curves.png.tmp"
+        fig.savefig(tmp, format="png", dpi=100)
+        plt.close(fig)
+        tmp.replace(self.run_dir / "curves.png")
