@@ -43,7 +43,8 @@ from .zoo import create_model
 
 #: config keys that may differ between a checkpoint and the run resuming it
 RESUME_MAY_CHANGE = ("backend", "trainer.resume", "trainer.run_dir", "trainer.epochs", "trainer.max_steps",
-                     "out_dir", "parity", "trainer.devices", "trainer.eval_batch_size", "trainer.early_stopping")
+                     "out_dir", "parity", "trainer.devices", "trainer.eval_batch_size", "trainer.early_stopping",
+                     "trainer.checkpoint_every")
 
 
 class TrainingDiverged(DualmlError):
@@ -162,7 +163,7 @@ class Trainer:
                 "backend": self.be.name, "model": self.model_name, "architecture": architecture_hash(self.model),
                 "optimizer": asdict(self.spec), "seed": self.cfg.seed, "best": self.best,
                 "rng": "derived from (seed, step): nothing to restore",
-                "history_epochs": self.history.epochs, "config": OmegaConf.to_container(self.cfg, resolve=True)}
+                "config": OmegaConf.to_container(self.cfg, resolve=True)}
 
     def save_checkpoint(self, path: Path) -> None:
         arrays = {f"model/{k}": v for k, v in get_weights(self.net).items()}
@@ -198,27 +199,26 @@ class Trainer:
         prefix = f"native/{self.be.name}/"
         extras = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
         self.be.load_optimizer_slots(self.opt, self.net, self.spec, slots, meta["step"], extras)
-        self.step, self.epoch, self.best = meta["step"], meta["epoch"], meta["best"]
-        self.history.epochs = list(meta["history_epochs"])
+        self.step, self.best = meta["step"], meta["best"]
+        self.epoch = self.step // self.steps_per_epoch  # complete epochs; the loader skips into the next
         self.resumed_from = {"step": self.step, "backend": meta["backend"]}
-        self._truncate_csv("steps.csv", "step", self.step)
-        self._truncate_csv("epochs.csv", "epoch", self.epoch)
+        self.history.steps = self._truncate_csv("steps.csv", self.step)
+        self.history.epochs = self._truncate_csv("epochs.csv", self.step)
 
-    def _truncate_csv(self, name: str, key: str, last: int) -> None:
+    def _truncate_csv(self, name: str, last_step: int) -> list[dict[str, float]]:
+        """Drop rows the killed run logged after its last checkpoint (they will be logged again)."""
         path = self.run_dir / name
         if not path.is_file():
-            return
+            return []
         rows = list(csv.DictReader(path.open()))
-        keep = [r for r in rows if int(float(r[key])) <= last] if key == "step" else \
-            [r for r in rows if int(float(r[key])) < last]
-        if name == "steps.csv":
-            self.history.steps = [{k: float(v) for k, v in r.items()} for r in keep]
+        keep = [r for r in rows if int(float(r["step"])) <= last_step]
         buf = io.StringIO()
         if rows:
             w = csv.DictWriter(buf, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(keep)
         atomic_write_text(path, buf.getvalue())
+        return [{k: float(v) for k, v in r.items()} for r in keep]
 
     def _append_csv(self, name: str, row: dict[str, Any]) -> None:
         if not self.run_dir:
@@ -306,11 +306,13 @@ class Trainer:
                     bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
                     if self.run_dir and self.t.checkpoint_every and self.step % int(self.t.checkpoint_every) == 0:
                         self.save_checkpoint(self.run_dir / "last.safetensors")
-                epoch_done = self.step % self.steps_per_epoch == 0 or self.step >= self.total_steps
-                if not epoch_done:
+                complete = self.step % self.steps_per_epoch == 0
+                if not (complete or self.step >= self.total_steps):
                     continue
                 val = self.evaluate(self.data.val)
-                erow = {"epoch": self.epoch + 1, "step": self.step, "train_loss": run_loss / max(n, 1),
+                # a run ending mid-epoch (max_steps) is evaluated there, at a fractional epoch
+                epoch_no = self.epoch + 1 if complete else round(self.step / self.steps_per_epoch, 3)
+                erow = {"epoch": epoch_no, "step": self.step, "train_loss": run_loss / max(n, 1),
                         "train_acc": run_acc / max(n, 1), "val_loss": val["loss"], "val_acc": val["acc"],
                         "seconds": time.perf_counter() - t0}
                 self.history.epochs.append(erow)
@@ -321,9 +323,10 @@ class Trainer:
                 value = val["acc"] if monitor == "val_acc" else val["loss"]
                 better = not self.best or (value > self.best["value"] if monitor == "val_acc"
                                            else value < self.best["value"])
-                self.epoch += 1
+                if complete:
+                    self.epoch += 1
                 if better:
-                    self.best = {"value": value, "epoch": self.epoch, "step": self.step, "monitor": monitor}
+                    self.best = {"value": value, "epoch": epoch_no, "step": self.step, "monitor": monitor}
                     if self.run_dir:
                         self.save_checkpoint(self.run_dir / "best.safetensors")
                 elif patience and self.epoch - self.best["epoch"] >= patience:

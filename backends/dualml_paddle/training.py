@@ -55,8 +55,8 @@ class PaddleTraining:
         if max_norm is not None:
             coef = min(1.0, max_norm / (norm + 1e-6))
             if coef < 1.0:
-                for g in grads:
-                    g.scale_(coef)
+                for g in grads:  # grads are leaves paddle refuses to scale in place; set_value copies
+                    g.set_value(g * coef)
         return norm
 
     def optimizer_step(self, opt: Any) -> None:

@@ -1,0 +1,221 @@
+"""The Trainer: quality, accumulation, clipping, groups, faults, run folders and resume."""
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dualml
+from dualml.checkpoint import load_weights
+from dualml.config import load_config
+from dualml.errors import ConfigError, DualmlError
+from dualml.trainer import Trainer, TrainingDiverged
+
+
+def trainer(*overrides: str, write: bool = False, **kw) -> Trainer:
+    return Trainer(load_config(list(overrides)), write=write, progress=False, **kw)
+
+
+@pytest.mark.parametrize("backend", ["torch", "paddle"])
+def test_cnn_reaches_97_percent_on_digits(backend, tmp_path):
+    t = trainer(f"backend={backend}", "model=cnn", f"trainer.run_dir={tmp_path / 'run'}", write=True)
+    metrics = t.fit()
+    assert metrics["test_acc"] >= 0.97, metrics
+    run = tmp_path / "run"
+    for name in ("config.yaml", "steps.csv", "epochs.csv", "metrics.json", "curves.png", "best.safetensors",
+                 "last.safetensors"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "metrics.json").read_text())["test_acc"] == metrics["test_acc"]
+    assert len((run / "steps.csv").read_text().splitlines()) == metrics["steps"] + 1
+    tags = _tensorboard_tags(run / "tb")
+    assert {"train/loss", "train/lr", "epoch/val_acc"} <= tags
+
+
+def _tensorboard_tags(folder: Path) -> set[str]:
+    """Read TensorBoard event files (TFRecord framing) without TensorFlow."""
+    from tensorboardX.proto import event_pb2
+
+    tags = set()
+    for path in folder.glob("events.out.tfevents.*"):
+        data = path.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (n,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event()
+            event.ParseFromString(data[pos + 12:pos + 12 + n])
+            tags |= {v.tag for v in event.summary.value}
+            pos += 12 + n + 4
+    return tags
+
+
+def _weights(t: Trainer) -> dict[str, np.ndarray]:
+    return dualml.get_weights(t.net)
+
+
+@pytest.mark.parametrize("backend", ["torch", "paddle"])
+def test_gradient_accumulation_equals_big_batch(backend):
+    common = [f"backend={backend}", "model=mlp", "trainer.max_steps=15", "trainer.optimizer.name=sgd",
+              "trainer.optimizer.lr=0.1", "trainer.optimizer.momentum=0.9", "trainer.schedule.name=constant"]
+    big = trainer(*common, "data.batch_size=64")
+    small = trainer(*common, "data.batch_size=32", "trainer.accumulate=2")
+    big.fit()
+    small.fit()
+    a, b = _weights(big), _weights(small)
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    np.testing.assert_allclose([r["loss"] for r in small.history.steps], [r["loss"] for r in big.history.steps],
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "paddle"])
+def test_clipping_bounds_the_update(backend):
+    t = trainer(f"backend={backend}", "model=mlp", "trainer.max_steps=3", "trainer.clip_norm=0.01",
+                "trainer.optimizer.name=sgd", "trainer.optimizer.lr=1.0", "trainer.schedule.name=constant")
+    before = _weights(t)
+    t.fit()
+    after = _weights(t)
+    moved = np.sqrt(sum(float(((after[k] - before[k]) ** 2).sum()) for k in before))
+    assert all(r["grad_norm"] > 0.01 for r in t.history.steps)  # the clip was active
+    assert moved <= 3 * 0.01 * 1.0 + 1e-6
+
+
+@pytest.mark.parametrize("backend", ["torch", "paddle"])
+def test_freeze_and_param_group_multiplier(backend):
+    t = Trainer(load_config([f"backend={backend}", "model=mlp", "trainer.max_steps=5", "trainer.optimizer.name=sgd",
+                             "trainer.optimizer.lr=0.1", "trainer.schedule.name=constant"]),
+                write=False, progress=False)
+    cfg = t.cfg
+    cfg.trainer.freeze = ["body.0.*"]
+    cfg.trainer.param_groups = [{"params": "head.*", "lr_mult": 0.0}]
+    t = Trainer(cfg, write=False, progress=False)
+    before = _weights(t)
+    t.fit()
+    after = _weights(t)
+    assert np.array_equal(before["body.0.weight"], after["body.0.weight"])  # frozen
+    assert np.array_equal(before["head.weight"], after["head.weight"])  # lr multiplier 0
+    assert not np.array_equal(before["body.2.weight"], after["body.2.weight"])  # trained
+
+
+def test_bad_patterns_and_values_are_named():
+    with pytest.raises(ConfigError, match="pattern 'encoder.\\*'"):
+        cfg = load_config(["model=mlp"])
+        cfg.trainer.freeze = ["encoder.*"]
+        Trainer(cfg, write=False, progress=False)
+    with pytest.raises(ConfigError, match="trainer.optimizer.name=rmsprop is not allowed"):
+        trainer("trainer.optimizer.name=rmsprop")
+    with pytest.raises(ConfigError, match="trainer.accumulate=0"):
+        trainer("trainer.accumulate=0")
+
+
+def test_data_that_does_not_fit_is_refused_before_training():
+    with pytest.raises(ConfigError, match="digits"):
+        trainer("model=mlp", "model.in_features=10")
+    with pytest.raises(ConfigError, match="num_classes=10"):
+        trainer("model=mlp", "model.num_classes=5")
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    t = trainer("model=mlp", "trainer.optimizer.name=sgd", "trainer.optimizer.lr=1e6", "trainer.epochs=5",
+                "trainer.schedule.name=constant", "trainer.checkpoint_every=1", f"trainer.run_dir={tmp_path / 'r'}",
+                write=True)
+    with pytest.raises(TrainingDiverged, match=r"at step (\d+)") as err:
+        t.fit()
+    failed_at = int(str(err.value).split("at step ")[1].split()[0])
+    arrays, meta = load_weights(tmp_path / "r" / "last.safetensors")
+    assert meta["step"] == failed_at  # the last completed step before the bad one
+    assert all(np.isfinite(v).all() for k, v in arrays.items() if k.startswith("model/"))
+
+
+def test_existing_run_folder_is_never_overwritten(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "keep.txt").write_text("mine")
+    with pytest.raises(DualmlError, match="already exists"):
+        trainer("model=mlp", f"trainer.run_dir={run}", write=True).fit()
+    assert (run / "keep.txt").read_text() == "mine" and len(list(run.iterdir())) == 1
+
+
+def test_resume_with_another_model_is_refused(tmp_path):
+    run = tmp_path / "r"
+    trainer("model=mlp", "trainer.max_steps=3", f"trainer.run_dir={run}", write=True).fit()
+    stamp = (run / "last.safetensors").stat().st_mtime_ns
+    with pytest.raises(DualmlError, match="cannot resume .*model: checkpoint is mlp"):
+        trainer("model=mlp", "model.hidden=[32]", "trainer.resume=true", f"trainer.run_dir={run}", write=True).fit()
+    with pytest.raises(DualmlError, match="trainer.optimizer.lr: checkpoint 0.01, now 0.5"):
+        trainer("model=mlp", "trainer.optimizer.lr=0.5", "trainer.resume=true", f"trainer.run_dir={run}",
+                write=True).fit()
+    assert (run / "last.safetensors").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("backend", ["torch", "paddle"])
+def test_early_stopping(backend):
+    t = trainer(f"backend={backend}", "model=mlp", "trainer.epochs=10", "trainer.optimizer.lr=1e-9",
+                "trainer.schedule.name=constant", "trainer.early_stopping.patience=2")
+    metrics = t.fit()
+    assert metrics["stopped_early"] and metrics["epochs"] == 3, metrics
+
+
+def _train_cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dualml", "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("backend", ["torch", "paddle"])
+def test_sigkill_then_resume_ends_with_the_same_weights(backend, tmp_path):
+    common = [f"backend={backend}", "model=cnn", "trainer.max_steps=120", "trainer.checkpoint_every=7",
+              "trainer.optimizer.name=adam"]
+    full = _train_cli(*common, f"trainer.run_dir={tmp_path / 'full'}")
+    killed = _train_cli(*common, f"trainer.run_dir={tmp_path / 'killed'}")
+    steps = tmp_path / "killed" / "steps.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if steps.is_file() and len(steps.read_text().splitlines()) > 40:
+            break
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    _, meta = load_weights(tmp_path / "killed" / "last.safetensors")
+    assert 0 < meta["step"] < 120
+    resumed = _train_cli(*common, f"trainer.run_dir={tmp_path / 'killed'}", "trainer.resume=true")
+    assert resumed.wait() == 0, resumed.stderr.read()
+    assert full.wait() == 0, full.stderr.read()
+    a, meta_a = load_weights(tmp_path / "full" / "last.safetensors")
+    b, meta_b = load_weights(tmp_path / "killed" / "last.safetensors")
+    assert meta_a["step"] == meta_b["step"] == 120
+    for k in a:
+        assert np.array_equal(a[k], b[k]), f"{k} differs after resume"
+    rows = (tmp_path / "killed" / "steps.csv").read_text().splitlines()
+    assert len(rows) == 121 and [int(r.split(",")[0]) for r in rows[1:]] == list(range(1, 121))
+
+
+@pytest.mark.parametrize("first,second", [("torch", "paddle"), ("paddle", "torch")])
+def test_cross_backend_resume_continues_the_curve(first, second, tmp_path):
+    common = ["model=mlp", "trainer.optimizer.name=adam", "trainer.optimizer.lr=1e-3",
+              "trainer.schedule.name=constant"]
+    ref = trainer(f"backend={first}", *common, "trainer.max_steps=40")
+    ref.fit()
+    run = tmp_path / "r"
+    trainer(f"backend={first}", *common, "trainer.max_steps=20", f"trainer.run_dir={run}",
+            "trainer.checkpoint_every=20", write=True).fit()
+    cont = trainer(f"backend={second}", *common, "trainer.max_steps=40", f"trainer.run_dir={run}",
+                   "trainer.resume=true", write=True)
+    metrics = cont.fit()
+    assert metrics["resumed_from"] == {"step": 20, "backend": first}
+    ours = [r["loss"] for r in cont.history.steps[20:]]
+    theirs = [r["loss"] for r in ref.history.steps[20:]]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4)  # optimizer state made it across
+
+
+def test_train_cli_prints_run_folder(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "dualml", "train", "model=mlp", "trainer.max_steps=5",
+                          f"trainer.run_dir={tmp_path / 'r'}"], capture_output=True, text=True,
+                         env={**os.environ, "TQDM_DISABLE": "1"})
+    assert out.returncode == 0, out.stderr
+    assert f"run folder: {tmp_path / 'r'}" in out.stdout
