@@ -259,6 +259,26 @@ class Backend(ABC):
         """Install slot arrays, the step count and (same backend only) :meth:`optimizer_extras`, so
         the next update continues the run exactly."""
 
+    # ------------------------------------------------------------------ data parallel
+    @abstractmethod
+    def launch_command(self, nproc: int, script: str, args: list[str], log_dir: str) -> list[str]:
+        """The framework's own multi-process launcher running ``script args`` on ``nproc`` workers."""
+
+    @abstractmethod
+    def distributed_init(self) -> tuple[int, int]:
+        """(rank, world size) after joining the process group the launcher set up; (0, 1) alone."""
+
+    @abstractmethod
+    def wrap_data_parallel(self, module: Any) -> Any:
+        """DDP / paddle.DataParallel around the built model (gradients averaged over ranks)."""
+
+    @abstractmethod
+    def all_reduce_mean(self, values: list[float]) -> list[float]: ...
+
+    @abstractmethod
+    def broadcast_array(self, value: np.ndarray) -> np.ndarray:
+        """Rank 0's array on every rank."""
+
     def optimizer_extras(self, opt: Any, module: Any) -> dict[str, np.ndarray]:
         """Backend-only optimizer state that canonical slots derive approximately (paddle's float32
         beta-power accumulators); restored only on the same backend so a resume is bit-exact."""

@@ -31,9 +31,42 @@ def _write_report(cfg: DictConfig, name: str, report: dict[str, Any], md: str | 
     return out
 
 
+_OVERRIDES: list[str] = []
+
+
+def _launch_data_parallel(cfg: DictConfig) -> int:
+    """``trainer.devices=N``: re-run this command on N workers under the framework's own launcher."""
+    import os
+    import subprocess
+    import tempfile
+    import time
+
+    from .backend import get_backend
+
+    n = int(cfg.trainer.devices)
+    run = cfg.trainer.run_dir or f"runs/{cfg.model.name}-{cfg.backend}-dp{n}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if Path(run).exists() and not cfg.trainer.resume:
+        raise DualmlError(f"run folder {run} already exists; choose another trainer.run_dir or continue it "
+                          "with trainer.resume=true (nothing was overwritten)")
+    args = ["train", *[o for o in _OVERRIDES if not o.startswith("trainer.run_dir=")], f"trainer.run_dir={run}"]
+    logs = tempfile.mkdtemp(prefix="dualml-launch-")
+    script = str(Path(__file__).with_name("launch_worker.py"))
+    cmd = get_backend(cfg.backend).launch_command(n, script, args, logs)
+    print(f"launching {n} {cfg.backend} workers: {' '.join(cmd)}")
+    rc = subprocess.call(cmd, env={**os.environ, "DUALML_WORKER": "1"})
+    print(f"launcher logs: {logs}")
+    return rc
+
+
 def cmd_train(cfg: DictConfig) -> int:
+    import os
+
     from .trainer import Trainer, TrainingDiverged
 
+    if int(cfg.trainer.devices) > 1 and not os.environ.get("DUALML_WORKER"):
+        return _launch_data_parallel(cfg)
+    if int(cfg.trainer.devices) < 1:
+        raise DualmlError(f"trainer.devices={cfg.trainer.devices} is not allowed; allowed: an integer >= 1")
     trainer = Trainer(cfg)
     try:
         metrics = trainer.fit()
@@ -41,6 +74,11 @@ def cmd_train(cfg: DictConfig) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     run = trainer.run_dir
+    if not trainer.is_main:
+        return 0
+    if trainer.world_size > 1:
+        print(f"data parallel over {trainer.world_size} ranks; mean |rank - rank 0| weight difference "
+              f"{metrics['rank_weight_diff_mean']:.3g}")
     print(f"{metrics['model']} [{metrics['backend']}]: test accuracy {metrics['test_acc']:.4f}, test loss "
           f"{metrics['test_loss']:.4f} after {metrics['steps']} steps / {metrics['epochs']} epochs "
           f"in {metrics['seconds']:.1f} s" + (" (stopped early)" if metrics["stopped_early"] else ""))
@@ -184,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(usage())
         return 0
     command, overrides = argv[0], argv[1:]
+    _OVERRIDES[:] = overrides
     if command not in COMMANDS:
         print(f"error: command '{command}' is not allowed; allowed: {', '.join(COMMANDS)}"
               f"{did_you_mean(command, COMMANDS)}", file=sys.stderr)

@@ -90,6 +90,8 @@ class Trainer:
         self.t = cfg.trainer
         self.write, self.progress = write, progress
         self.be: Backend = get_backend(cfg.backend)
+        self.rank, self.world_size = self.be.distributed_init()
+        self.is_main = self.rank == 0
         name, params = model_params(cfg)
         self.model_name = name
         self.model = model if model is not None else create_model(name, **params)
@@ -108,7 +110,7 @@ class Trainer:
         self.data = dataset if dataset is not None else load_dataset(data_cfg, input_shape=sample_shape, seed=cfg.seed)
         self.batch_size = int(data_cfg.get("batch_size", 64))
         self.loader = Loader(self.data.train, self.batch_size, shuffle=True, seed=cfg.seed,
-                             drop_last=True, rank=getattr(self, "rank", 0), world_size=getattr(self, "world_size", 1))
+                             drop_last=True, rank=self.rank, world_size=self.world_size)
         self.steps_per_epoch = max(1, len(self.loader) // self.accumulate)
         self.total_steps = int(self.t.max_steps) if self.t.max_steps else int(self.t.epochs) * self.steps_per_epoch
         from .schedules import check_schedule
@@ -116,6 +118,7 @@ class Trainer:
                                     lr_key="trainer.optimizer.lr")
         self.net = build(self.model, cfg.backend, seed=cfg.seed)
         self._check_data_fits()
+        self.train_net = self.be.wrap_data_parallel(self.net) if self.world_size > 1 else self.net
         index = param_index(self.net)
         self.groups, self.frozen = make_groups(index, OmegaConf.to_container(self.t.param_groups),
                                                list(self.t.freeze))
@@ -141,6 +144,11 @@ class Trainer:
     # ------------------------------------------------------------------ run folder and checkpoints
     def _open_run(self) -> None:
         if not self.write:
+            return
+        if not self.is_main:  # rank 0 owns the folder; the others only read a checkpoint to resume
+            self.run_dir = Path(self.t.run_dir)
+            if self.t.resume:
+                self._resume(self.run_dir / "last.safetensors")
             return
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run = Path(self.t.run_dir or Path("runs") / f"{self.model_name}-{self.cfg.backend}-{stamp}")
@@ -202,8 +210,9 @@ class Trainer:
         self.step, self.best = meta["step"], meta["best"]
         self.epoch = self.step // self.steps_per_epoch  # complete epochs; the loader skips into the next
         self.resumed_from = {"step": self.step, "backend": meta["backend"]}
-        self.history.steps = self._truncate_csv("steps.csv", self.step)
-        self.history.epochs = self._truncate_csv("epochs.csv", self.step)
+        if self.is_main:
+            self.history.steps = self._truncate_csv("steps.csv", self.step)
+            self.history.epochs = self._truncate_csv("epochs.csv", self.step)
 
     def _truncate_csv(self, name: str, last_step: int) -> list[dict[str, float]]:
         """Drop rows the killed run logged after its last checkpoint (they will be logged again)."""
@@ -220,8 +229,12 @@ class Trainer:
         atomic_write_text(path, buf.getvalue())
         return [{k: float(v) for k, v in r.items()} for r in keep]
 
+    @property
+    def writes(self) -> bool:
+        return self.run_dir is not None and self.is_main
+
     def _append_csv(self, name: str, row: dict[str, Any]) -> None:
-        if not self.run_dir:
+        if not self.writes:
             return
         path = self.run_dir / name
         new = not path.is_file()
@@ -251,16 +264,19 @@ class Trainer:
         lr = lr_at(self.step, self.spec.lr, self.sched, self.total_steps)
         be.set_lr(self.opt, lr, self.groups)
         be.seed(int(self.cfg.seed) * 1_000_003 + self.step)
-        be.set_train(self.net, True)
+        be.set_train(self.train_net, True)
         loss_sum, correct, seen = 0.0, 0, 0
         for x, y in batches:
             with be.autocast(self.t.amp):
-                logits = self.net(be.tensor(x))
+                logits = self.train_net(be.tensor(x))
                 loss = be.cross_entropy(logits, be.tensor(y))
             be.backward_scaled(loss, 1.0 / len(batches))
             loss_sum += be.item(loss) / len(batches)
             correct += int((be.numpy(logits).argmax(1) == y).sum())
             seen += len(y)
+        acc = correct / max(seen, 1)
+        if self.world_size > 1:  # each rank saw an equal shard: the global batch's mean is the mean
+            loss_sum, acc = self.be.all_reduce_mean([loss_sum, acc])
         if not math.isfinite(loss_sum):
             raise TrainingDiverged(f"loss is {loss_sum} at step {self.step} (epoch {self.epoch}); stopped before "
                                    "the update, the last good checkpoint is kept"
@@ -269,20 +285,20 @@ class Trainer:
         be.optimizer_step(self.opt)
         self.step += 1
         return {"step": self.step, "epoch": self.epoch, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
-                "acc": correct / max(seen, 1)}
+                "acc": acc}
 
     def fit(self) -> dict[str, Any]:
         from tqdm import tqdm
 
         self._open_run()
         writer = None
-        if self.run_dir:
+        if self.writes:
             from tensorboardX import SummaryWriter
             writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step or None)
         t0 = time.perf_counter()
         stop = False
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.model_name} [{self.be.name}]",
-                   unit="step", disable=not self.progress, dynamic_ncols=True)
+                   unit="step", disable=not self.progress or not self.is_main, dynamic_ncols=True)
         patience = int(self.t.early_stopping.patience)
         monitor = self.t.early_stopping.monitor
         try:
@@ -304,7 +320,7 @@ class Trainer:
                     run_loss, run_acc, n = run_loss + row["loss"], run_acc + row["acc"], n + 1
                     bar.update(1)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
-                    if self.run_dir and self.t.checkpoint_every and self.step % int(self.t.checkpoint_every) == 0:
+                    if self.writes and self.t.checkpoint_every and self.step % int(self.t.checkpoint_every) == 0:
                         self.save_checkpoint(self.run_dir / "last.safetensors")
                 complete = self.step % self.steps_per_epoch == 0
                 if not (complete or self.step >= self.total_steps):
@@ -327,11 +343,11 @@ class Trainer:
                     self.epoch += 1
                 if better:
                     self.best = {"value": value, "epoch": epoch_no, "step": self.step, "monitor": monitor}
-                    if self.run_dir:
+                    if self.writes:
                         self.save_checkpoint(self.run_dir / "best.safetensors")
                 elif patience and self.epoch - self.best["epoch"] >= patience:
                     stop = True
-                if self.run_dir:
+                if self.writes:
                     self.save_checkpoint(self.run_dir / "last.safetensors")
         finally:
             bar.close()
@@ -341,15 +357,20 @@ class Trainer:
 
     def _finish(self, stopped_early: bool, seconds: float) -> dict[str, Any]:
         final = get_weights(self.net)
-        if self.run_dir and (self.run_dir / "best.safetensors").is_file():
+        rank_diff = None
+        if self.world_size > 1:  # every rank must hold rank 0's weights
+            flat = np.concatenate([v.ravel().astype(np.float64) for v in final.values()])
+            rank_diff = float(self.be.all_reduce_mean([float(np.abs(flat - self.be.broadcast_array(flat)).max())])[0])
+        if self.writes and (self.run_dir / "best.safetensors").is_file():
             arrays, _ = load_weights(self.run_dir / "best.safetensors")
             set_weights(self.net, {k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
         test = self.evaluate(self.data.test)
         metrics = {"model": self.model_name, "backend": self.be.name, "steps": self.step, "epochs": self.epoch,
                    "test_acc": test["acc"], "test_loss": test["loss"], "best": self.best,
                    "stopped_early": stopped_early, "seconds": seconds,
-                   "resumed_from": getattr(self, "resumed_from", None)}
-        if self.run_dir:
+                   "resumed_from": getattr(self, "resumed_from", None), "world_size": self.world_size,
+                   "rank_weight_diff_mean": rank_diff}
+        if self.writes:
             atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
             self._plot()
         set_weights(self.net, final)

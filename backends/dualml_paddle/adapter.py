@@ -13,12 +13,13 @@ from dualml.backend import Backend
 from dualml.errors import WeightsError
 
 from . import ops
+from .distributed import PaddleDistributed
 from .training import PaddleTraining
 
 paddle.set_device("cpu")
 
 
-class PaddleBackend(PaddleTraining, Backend):
+class PaddleBackend(PaddleTraining, PaddleDistributed, Backend):
     name = "paddle"
     hparam_ignore = frozenset({"training", "_full_name", "_built", "_dtype", "_init_in_dynamic_mode",
                                "_cast_to_low_precison", "name", "_name", "_weight_attr", "_bias_attr",

@@ -12,10 +12,11 @@ from dualml.backend import Backend
 from dualml.errors import WeightsError
 
 from . import ops
+from .distributed import TorchDistributed
 from .training import TorchTraining
 
 
-class TorchBackend(TorchTraining, Backend):
+class TorchBackend(TorchTraining, TorchDistributed, Backend):
     name = "torch"
     hparam_ignore = frozenset({"training", "_is_full_backward_hook"})
     version = torch.__version__
