@@ -219,3 +219,29 @@ def test_train_cli_prints_run_folder(tmp_path):
                          env={**os.environ, "TQDM_DISABLE": "1"})
     assert out.returncode == 0, out.stderr
     assert f"run folder: {tmp_path / 'r'}" in out.stdout
+
+
+@pytest.mark.parametrize("backend", ["torch", "paddle"])
+def test_own_numpy_data_through_config(backend, tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 600)
+    x = (rng.normal(size=(600, 64)) + y[:, None] * 0.8).astype("float32")
+    np.savez(tmp_path / "mine.npz", x=x, y=y)
+    t = trainer(f"backend={backend}", "model=mlp", "model.num_classes=3", "data=arrays",
+                f"data.path={tmp_path / 'mine.npz'}", "trainer.epochs=5")
+    assert t.fit()["test_acc"] > 0.9
+
+
+@pytest.mark.parametrize("backend", ["torch", "paddle"])
+def test_scheduled_learning_rate_reaches_the_optimizer(backend):
+    from dualml.schedules import schedule
+
+    sched = ["trainer.schedule.name=onecycle", "trainer.schedule.pct_start=0.25"]
+    t = trainer(f"backend={backend}", "model=mlp", "trainer.max_steps=40", "trainer.optimizer.name=sgd", *sched)
+    t.fit()
+    expected = schedule(t.spec.lr, t.sched, 40)
+    np.testing.assert_allclose([r["lr"] for r in t.history.steps], expected, rtol=1e-12)
+    if backend == "torch":
+        assert t.opt.param_groups[0]["lr"] == pytest.approx(expected[-1])
+    else:
+        assert t.opt.get_lr() == pytest.approx(expected[-1])
