@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import Backend, from_canonical, get_backend, layer_impl, to_canonical
+from .backend import Backend, from_canonical, get_backend, layer_impl, same, to_canonical
 from .errors import BackendError, DualmlError, LayerInputError, WeightsError
 from .layers import Layer
 from .module import Buffer, Module, ModuleList, Parameter, Sequential, init_weights, join, manifest
@@ -348,7 +348,6 @@ def _rules_by_node(native: Any) -> list[tuple[str, list]]:
         if isinstance(node, Layer):
             out.append((path, layer_impl(be.name, node).rules_for(node)))
         elif isinstance(node, Module) and _direct_weights(node):
-            from .backend import same
             out.append((path, same(*_direct_weights(node))))
     return out
 
@@ -359,30 +358,24 @@ def _strip(path: str, name: str) -> str | None:
     return name[len(path) + 1:] if name.startswith(path + ".") else None
 
 
-def canonical_from_native_names(native: Any, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Arrays keyed by full native parameter name (e.g. optimizer moments) -> canonical layout."""
+def _convert_by_node(native: Any, arrays: dict[str, np.ndarray], to_canon: bool) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for path, rules in _rules_by_node(native):
-        sub = {}
-        for name, value in arrays.items():
-            rel = _strip(path, name)
-            if rel is not None and any(r.native == rel for r in rules):
-                sub[rel] = value
-        out.update({join(path, k): v for k, v in to_canonical(rules, sub).items()})
+        names = {r.native for r in rules} if to_canon else {c for r in rules for c in r.canonical}
+        sub = {rel: v for name, v in arrays.items() if (rel := _strip(path, name)) is not None and rel in names}
+        converted = to_canonical(rules, sub) if to_canon else from_canonical(rules, sub)
+        out.update({join(path, k): v for k, v in converted.items()})
     return out
+
+
+def canonical_from_native_names(native: Any, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Arrays keyed by full native parameter name (e.g. optimizer moments) -> canonical layout."""
+    return _convert_by_node(native, arrays, to_canon=True)
 
 
 def native_names_from_canonical(native: Any, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Inverse of :func:`canonical_from_native_names`: canonical arrays -> full native names."""
-    out: dict[str, np.ndarray] = {}
-    for path, rules in _rules_by_node(native):
-        sub = {}
-        for name, value in arrays.items():
-            rel = _strip(path, name)
-            if rel is not None and any(rel in r.canonical for r in rules):
-                sub[rel] = value
-        out.update({join(path, k): v for k, v in from_canonical(rules, sub).items()})
-    return out
+    return _convert_by_node(native, arrays, to_canon=False)
 
 
 def param_index(native: Any) -> dict[str, tuple[str, ...]]:
