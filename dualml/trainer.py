@@ -113,9 +113,14 @@ class Trainer:
                              drop_last=True, rank=self.rank, world_size=self.world_size)
         self.steps_per_epoch = max(1, len(self.loader) // self.accumulate)
         self.total_steps = int(self.t.max_steps) if self.t.max_steps else int(self.t.epochs) * self.steps_per_epoch
-        from .schedules import check_schedule
+        from .schedules import check_schedule, schedule
         self.sched = check_schedule(self.sched, self.total_steps, self.spec.lr, prefix="trainer.schedule",
                                     lr_key="trainer.optimizer.lr")
+        # hot-path values as plain Python (OmegaConf attribute access costs microseconds each)
+        self.lrs = schedule(self.spec.lr, self.sched, self.total_steps).tolist()
+        self.amp = self.t.amp
+        self.clip_norm = None if self.t.clip_norm is None else float(self.t.clip_norm)
+        self.seed = int(cfg.seed)
         self.net = build(self.model, cfg.backend, seed=cfg.seed)
         self._check_data_fits()
         self.train_net = self.be.wrap_data_parallel(self.net) if self.world_size > 1 else self.net
@@ -124,6 +129,7 @@ class Trainer:
                                                list(self.t.freeze))
         self.opt = self.be.make_optimizer(self.net, self.spec, self.groups, self.frozen)
         self.step, self.epoch, self.history = 0, 0, History()
+        self._in_train_mode = False
         self.best: dict[str, Any] = {}
         self.run_dir: Path | None = None
 
@@ -247,6 +253,7 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, split: Any) -> dict[str, float]:
         self.be.set_train(self.net, False)
+        self._in_train_mode = False
         outs = []
         bs = int(self.t.eval_batch_size)
         with self.be.no_grad():
@@ -258,16 +265,16 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def train_step(self, batches: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
         """One optimizer step over ``accumulate`` micro-batches; returns loss, lr, grad_norm, acc."""
-        from .schedules import lr_at
-
         be = self.be
-        lr = lr_at(self.step, self.spec.lr, self.sched, self.total_steps)
+        lr = self.lrs[self.step]
         be.set_lr(self.opt, lr, self.groups)
-        be.seed(int(self.cfg.seed) * 1_000_003 + self.step)
-        be.set_train(self.train_net, True)
+        be.seed(self.seed * 1_000_003 + self.step)
+        if not self._in_train_mode:
+            be.set_train(self.train_net, True)
+            self._in_train_mode = True
         loss_sum, correct, seen = 0.0, 0, 0
         for x, y in batches:
-            with be.autocast(self.t.amp):
+            with be.autocast(self.amp):
                 logits = self.train_net(be.tensor(x))
                 loss = be.cross_entropy(logits, be.tensor(y))
             be.backward_scaled(loss, 1.0 / len(batches))
@@ -281,7 +288,8 @@ class Trainer:
             raise TrainingDiverged(f"loss is {loss_sum} at step {self.step} (epoch {self.epoch}); stopped before "
                                    "the update, the last good checkpoint is kept"
                                    + (f" in {self.run_dir}" if self.run_dir else ""))
-        grad_norm = be.clip_grads(self.net, self.t.clip_norm)
+        # the global norm costs a reduction per tensor: computed (and logged) only when clipping
+        grad_norm = be.clip_grads(self.net, self.clip_norm) if self.clip_norm is not None else float("nan")
         be.optimizer_step(self.opt)
         self.step += 1
         return {"step": self.step, "epoch": self.epoch, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
