@@ -31,6 +31,7 @@ parity: venv
 
 bench: venv
 	$(BIN)/python benchmarks/bench_core.py
+	$(BIN)/python benchmarks/bench_trainer.py
 
 clean:
 	rm -rf $(VENV) reports *.egg-info
