@@ -31,7 +31,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -39,11 +38,11 @@ import time
 import warnings
 import zlib  # noqa: F401  - must precede the first `import paddle` (paddle 2.6 segfaults otherwise)
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import atomic_write, machine_info, threads
 from tqdm import tqdm
 
 import dualml
@@ -195,29 +194,8 @@ def bench_call_wrapper(backend: str, repeats: int, calls: int = 500) -> dict[str
             "wrapped_min_us": wmin, "base_call_min_us": dmin, "overhead_min_us": wmin - dmin}
 
 
-def machine_info() -> dict[str, Any]:
-    """Versions and load, read without importing a framework (the parent process stays clean)."""
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-    return {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "torch": version("torch"), "paddle": version("paddlepaddle"), "numpy": np.__version__,
-            "dualml": dualml.__version__, "loadavg_1m_start": os.getloadavg()[0]}
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, then rename: readers never see a partial report."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -304,11 +282,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def threads(backend: str) -> int:
-    if backend == "torch":
-        import torch
-        return torch.get_num_threads()
-    return int(os.environ.get("OMP_NUM_THREADS", "0"))  # paddle sets it (to 1 unless given) on import
 
 
 def worker(args: argparse.Namespace) -> None:

@@ -52,7 +52,6 @@ import io
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -60,11 +59,11 @@ import time
 import warnings
 import zlib  # noqa: F401  - must precede the first `import paddle` (paddle 2.6 segfaults otherwise)
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import atomic_write, machine_info, threads
 from tqdm import tqdm
 
 import dualml
@@ -343,38 +342,8 @@ def bench_amp(backend: str, model: str, blocks: int, per: int, warmup: int) -> d
 
 
 # ---------------------------------------------------------------------------------------------- report
-def machine_info() -> dict[str, Any]:
-    """Versions, load and CPU bf16 support, read without importing a framework."""
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    return {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "torch": version("torch"), "paddle": version("paddlepaddle"), "numpy": np.__version__,
-            "dualml": dualml.__version__, "loadavg_1m_start": os.getloadavg()[0],
-            "cpu_bf16_flags": sorted(f for f in flags if "bf16" in f or f.startswith("amx"))}
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, then rename: readers never see a partial report."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _pct(x: float) -> str:
@@ -504,11 +473,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def threads(backend: str) -> int:
-    if backend == "torch":
-        import torch
-        return torch.get_num_threads()
-    return int(os.environ.get("OMP_NUM_THREADS", "0"))  # paddle sets it (to 1 unless given) on import
 
 
 def worker(args: argparse.Namespace) -> None:
