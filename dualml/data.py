@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, did_you_mean, not_allowed
+from .errors import ConfigError, check_keys, did_you_mean, not_allowed
 
 
 @dataclass
@@ -78,11 +78,7 @@ def _is_int(v: Any) -> bool:
 def check_data_config(data_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     """Validate the ``data`` config group and return it with defaults filled in (ConfigError otherwise)."""
     cfg = dict(data_cfg or {})
-    for key in cfg:
-        if key not in DATA_KEYS:
-            allowed = [f"data.{k}" for k in DATA_KEYS]
-            raise ConfigError(f"unknown config key 'data.{key}'{did_you_mean(f'data.{key}', allowed)}; "
-                              f"allowed under data: {', '.join(allowed)}")
+    check_keys("data", cfg, DATA_KEYS)
     out = {k: cfg.get(k, v) for k, v in DATA_KEYS.items()}
     name = out["name"]
     if name not in DATASETS:

@@ -43,3 +43,14 @@ def not_allowed(what: str, value: object, allowed: Iterable[str]) -> str:
     """One-line message: the key, the value given, what is allowed and the nearest match."""
     allowed = sorted(str(a) for a in allowed)
     return f"{what}={value!s} is not allowed; allowed: {', '.join(allowed)}{did_you_mean(str(value), allowed)}"
+
+
+def check_keys(section: str, given: Iterable[str], allowed: Iterable[str], context: str = "") -> None:
+    """Reject the first key of ``given`` not in ``allowed``, naming it in full (``section.key``), the
+    nearest spelling and every allowed key; ``context`` says what the allowed set depends on."""
+    allowed = list(allowed)
+    for key in given:
+        if key not in allowed:
+            full = [f"{section}.{k}" for k in allowed]
+            raise ConfigError(f"unknown config key '{section}.{key}'{context}{did_you_mean(f'{section}.{key}', full)}; "
+                              f"allowed: {', '.join(full)}")

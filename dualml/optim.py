@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError, did_you_mean, not_allowed
+from .errors import ConfigError, check_keys, not_allowed
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 _KEYS = {"name", "lr", "momentum", "nesterov", "betas", "eps", "weight_decay"}
@@ -47,10 +47,7 @@ class OptimSpec:
 def parse_optim(cfg: Mapping[str, Any]) -> OptimSpec:
     """``trainer.optimizer`` (a name or a mapping) -> OptimSpec, validated with one-line errors."""
     cfg = {"name": cfg} if isinstance(cfg, str) else dict(cfg)
-    for key in cfg:
-        if key not in _KEYS:
-            raise ConfigError(f"unknown key trainer.optimizer.{key}{did_you_mean(key, _KEYS)}; allowed: "
-                              f"{', '.join(sorted(_KEYS))}")
+    check_keys("trainer.optimizer", cfg, sorted(_KEYS))
     name = cfg.get("name", "adam")
     if name not in OPTIMIZERS:
         raise ConfigError(not_allowed("trainer.optimizer.name", name, OPTIMIZERS))

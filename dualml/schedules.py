@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, did_you_mean, not_allowed
+from .errors import ConfigError, check_keys, not_allowed
 
 _REQUIRED = object()
 
@@ -114,11 +114,7 @@ def check_schedule(sched: Mapping[str, Any] | None, total_steps: int, base_lr: f
     if name not in SCHEDULES:
         raise ConfigError(not_allowed(f"{prefix}.name", name, SCHEDULES))
     defaults = {**COMMON, **SCHEDULES[name]}
-    for key in sched:
-        if key not in defaults:
-            allowed = [f"{prefix}.{k}" for k in defaults]
-            raise ConfigError(f"unknown config key '{prefix}.{key}' for {prefix}.name={name}"
-                              f"{did_you_mean(f'{prefix}.{key}', allowed)}; allowed: {', '.join(allowed)}")
+    check_keys(prefix, sched, defaults, context=f" for {prefix}.name={name}")
     out = {k: sched.get(k, v) for k, v in defaults.items()}
     for key, value in out.items():
         if value is _REQUIRED:
