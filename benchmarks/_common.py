@@ -41,3 +41,27 @@ def threads(backend: str) -> int:
         import torch
         return torch.get_num_threads()
     return int(os.environ.get("OMP_NUM_THREADS", "0"))
+
+
+def run_workers(script: str, worker_args: list[str], backends: tuple[str, ...],
+                env: dict[str, str] | None = None) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Run ``script --worker B <worker_args> --out FILE`` once per backend, each in a fresh process
+    (importing paddle pins OMP threads for the whole process, so torch timed beside it is not what a torch
+    user sees). Returns each worker's JSON and the machine facts with the load before and after."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    machine = machine_info()
+    parts = {}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        for b in backends:
+            path = os.path.join(tmpdir, f"{b}.json")
+            subprocess.run([sys.executable, os.path.abspath(script), "--worker", b, *worker_args, "--out", path],
+                           check=True, env=env)
+            with open(path) as f:
+                parts[b] = json.load(f)
+    machine["loadavg_1m_end"] = os.getloadavg()[0]
+    machine["threads"] = {b: parts[b]["threads"] for b in backends}
+    return parts, machine

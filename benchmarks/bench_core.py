@@ -30,10 +30,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
 import warnings
 import zlib  # noqa: F401  - must precede the first `import paddle` (paddle 2.6 segfaults otherwise)
@@ -42,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import atomic_write, machine_info, threads
+from _common import atomic_write, run_workers, threads
 from tqdm import tqdm
 
 import dualml
@@ -297,15 +294,6 @@ def worker(args: argparse.Namespace) -> None:
     atomic_write(Path(args.out), json.dumps(out).encode())
 
 
-def run_worker(backend: str, args: argparse.Namespace, tmpdir: str) -> dict[str, Any]:
-    path = os.path.join(tmpdir, f"{backend}.json")
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", backend, "--models", ",".join(args.models),
-           "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--out", path]
-    subprocess.run(cmd, check=True)
-    with open(path) as f:
-        return json.load(f)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
@@ -314,11 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    machine = machine_info()
-    with tempfile.TemporaryDirectory() as tmpdir:
-        parts = {b: run_worker(b, args, tmpdir) for b in BACKENDS}
-    machine["loadavg_1m_end"] = os.getloadavg()[0]
-    machine["threads"] = {b: parts[b]["threads"] for b in BACKENDS}
+    parts, machine = run_workers(__file__, ["--models", ",".join(args.models), "--repeats", str(args.repeats),
+                                            "--warmup", str(args.warmup)], BACKENDS)
     results: dict[str, Any] = {n: {b: parts[b]["results"][n] for b in BACKENDS} for n in args.models}
     for per in results.values():
         per["torch_over_paddle"] = {p: {k: per["torch"][p][f"{k}_ms"] / per["paddle"][p][f"{k}_ms"]

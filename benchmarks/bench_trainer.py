@@ -52,9 +52,7 @@ import io
 import json
 import math
 import os
-import subprocess
 import sys
-import tempfile
 import time
 import warnings
 import zlib  # noqa: F401  - must precede the first `import paddle` (paddle 2.6 segfaults otherwise)
@@ -63,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import atomic_write, machine_info, threads
+from _common import atomic_write, run_workers, threads
 from tqdm import tqdm
 
 import dualml
@@ -491,20 +489,6 @@ def worker(args: argparse.Namespace) -> None:
     atomic_write(Path(args.out), json.dumps({"results": results, "threads": threads(backend)}).encode())
 
 
-def run_worker(backend: str, args: argparse.Namespace, tmpdir: str) -> dict[str, Any]:
-    path = os.path.join(tmpdir, f"{backend}.json")
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", backend, "--models", ",".join(args.models),
-           "--blocks", str(args.blocks), "--block-steps", str(args.block_steps), "--warmup", str(args.warmup),
-           "--fit-repeats", str(args.fit_repeats), "--fit-epochs", str(args.fit_epochs), "--threads", str(args.threads),
-           "--out", path]
-    env = dict(os.environ)
-    if args.threads:  # paddle reads OMP_NUM_THREADS at import (and sets 1 when unset); torch reads it too
-        env["OMP_NUM_THREADS"] = str(args.threads)
-    subprocess.run(cmd, check=True, env=env)
-    with open(path) as f:
-        return json.load(f)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
@@ -513,11 +497,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    machine = machine_info()
-    with tempfile.TemporaryDirectory() as tmpdir:
-        parts = {b: run_worker(b, args, tmpdir) for b in BACKENDS}
-    machine["loadavg_1m_end"] = os.getloadavg()[0]
-    machine["threads"] = {b: parts[b]["threads"] for b in BACKENDS}
+    env = dict(os.environ)
+    if args.threads:  # paddle reads OMP_NUM_THREADS at import (and sets 1 when unset); torch reads it too
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    worker_args = ["--models", ",".join(args.models), "--blocks", str(args.blocks), "--block-steps",
+                   str(args.block_steps), "--warmup", str(args.warmup), "--fit-repeats", str(args.fit_repeats),
+                   "--fit-epochs", str(args.fit_epochs), "--threads", str(args.threads)]
+    parts, machine = run_workers(__file__, worker_args, BACKENDS, env)
     results: dict[str, Any] = {m: {b: parts[b]["results"][m] for b in BACKENDS} for m in args.models}
     for per in results.values():
         t, p = per["torch"], per["paddle"]
