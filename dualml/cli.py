@@ -17,8 +17,17 @@ COMMANDS = {
     "parity": "run the parity suite between `backend` and `parity.against`",
     "demo": "build `model` on both backends from one seed, move weights through safetensors, compare",
     "layout": "print the canonical weight layout of `model` and each backend's native names",
+    "export": "export `backend`'s model (from export.checkpoint) to ONNX, verify it in ONNX Runtime",
+    "predict": "run an ONNX model on an .npy file: `dualml predict model.onnx input=x.npy`",
+    "serve": "serve an ONNX model over HTTP with request batching: `dualml serve model.onnx`",
     "config": "print the resolved config",
 }
+#: commands implemented outside this file ("module:function"), imported only when run
+EXTERNAL = {"export": "dualml.onnx_export:cmd_export", "predict": "dualml.serve:cmd_predict",
+            "serve": "dualml.serve:cmd_serve"}
+#: commands whose own config section's keys may be given bare (``out=m.onnx`` = ``export.out=m.onnx``);
+#: a bare word (no ``=``) is that section's ``model``
+SECTIONS = {"export": "export", "predict": "predict", "serve": "serve"}
 
 
 def _write_report(cfg: DictConfig, name: str, report: dict[str, Any], md: str | None = None) -> Path:
@@ -209,8 +218,30 @@ def usage() -> str:
     lines = ["usage: dualml <command> [key=value ...]", "", "commands:"]
     lines += [f"  {k:8} {v}" for k, v in COMMANDS.items()]
     lines += ["", "examples: dualml parity backend=torch parity.against=paddle",
-              "          dualml demo model=cnn", "          dualml layout model=transformer"]
+              "          dualml demo model=cnn", "          dualml layout model=transformer",
+              "          dualml export backend=paddle checkpoint=runs/RUN/best out=model.onnx",
+              "          dualml serve model.onnx port=8000"]
     return "\n".join(lines)
+
+
+def _expand(command: str, overrides: list[str]) -> list[str]:
+    """``dualml serve m.onnx port=9000`` -> ``serve.model=m.onnx serve.port=9000`` (section keys only)."""
+    section = SECTIONS.get(command)
+    if section is None:
+        return overrides
+    from .config import config_dir
+
+    keys = set(OmegaConf.load(config_dir() / "config.yaml").get(section, {}).keys())
+    out = []
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if "=" not in item and not item.startswith("-"):
+            out.append(f"{section}.model={item}")
+        elif key in keys:
+            out.append(f"{section}.{item}")
+        else:
+            out.append(item)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -222,13 +253,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(usage())
         return 0
     command, overrides = argv[0], argv[1:]
-    _OVERRIDES[:] = overrides
     if command not in COMMANDS:
         print(f"error: command '{command}' is not allowed; allowed: {', '.join(COMMANDS)}"
               f"{did_you_mean(command, COMMANDS)}", file=sys.stderr)
         return 2
     try:
+        overrides = _expand(command, overrides)
+        _OVERRIDES[:] = overrides
         cfg = load_config(overrides)
+        if command in EXTERNAL:
+            import importlib
+
+            module, func = EXTERNAL[command].split(":")
+            return getattr(importlib.import_module(module), func)(cfg)
         return globals()[f"cmd_{command}"](cfg)
     except DualmlError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,0 +1,65 @@
+"""ONNX Runtime in one place: sessions, running a batch, the I/O names dualml exports use.
+
+Export verification, quantization, ``predict``, ``serve`` and the benchmarks all run ONNX models
+through here, so they agree on names, thread settings and error messages. No framework import.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DualmlError
+
+#: every dualml export has one input ``input`` (batch dimension ``batch``, dynamic) and one output ``output``
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+BATCH_DIM = "batch"
+
+
+def session(path: str | os.PathLike, threads: int = 1) -> Any:
+    """An InferenceSession on the CPU with ``threads`` intra-op threads (1 keeps runs comparable)."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise DualmlError(f"ONNX model {path} does not exist")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+        raise DualmlError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from None
+
+
+def input_info(sess: Any) -> tuple[str, list[Any], np.dtype]:
+    """(name, shape with None/str for dynamic dims, numpy dtype) of the model's single input."""
+    inputs = sess.get_inputs()
+    if len(inputs) != 1:
+        raise DualmlError(f"the model has {len(inputs)} inputs ({[i.name for i in inputs]}); dualml serves "
+                          "single-input models")
+    i = inputs[0]
+    dtype = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
+             "tensor(int32)": np.int32, "tensor(float16)": np.float16}.get(i.type)
+    if dtype is None:
+        raise DualmlError(f"input {i.name} has type {i.type}; supported: float, double, int64, int32, float16")
+    return i.name, list(i.shape), np.dtype(dtype)
+
+
+def run(sess: Any, x: np.ndarray) -> np.ndarray:
+    """The first output of ``sess`` on the batch ``x``."""
+    name = sess.get_inputs()[0].name
+    return sess.run(None, {name: x})[0]
+
+
+def op_histogram(path: str | os.PathLike) -> dict[str, int]:
+    """Operator type -> count over the main graph (what the exporters turned the model into)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
