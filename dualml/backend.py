@@ -284,6 +284,14 @@ class Backend(ABC):
         beta-power accumulators); restored only on the same backend so a resume is bit-exact."""
         return {}
 
+    def export_onnx(self, net: Any, sample: np.ndarray, path: str, opset: int | None, exporter: str) -> dict[str, Any]:
+        """Write ``net`` (eval mode) as ONNX to ``path`` with input ``input`` whose dim 0 is dynamic.
+
+        Returns {"exporter", "exporter_version", "fallback_reason"}; raises ExportError naming the
+        exporter and what to try. Names, metadata and checks are added neutrally by dualml.onnx_export.
+        """
+        raise BackendError(f"backend={self.name} has no ONNX exporter")
+
     def parameter_names(self, module: Any) -> list[str]:
         """Full names of the module's parameters (named_parameters order, shared ones once)."""
         return [n for n, _ in module.named_parameters()]

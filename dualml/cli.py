@@ -120,10 +120,28 @@ def cmd_parity(cfg: DictConfig) -> int:
             print(f"FAIL {r['name']} [{r['mode']}]: {r['message']}"
                   + (f" | first divergence: {r['first_divergence']}" if r["first_divergence"] else ""))
     s = report["summary"]
-    out = _write_report(cfg, "parity", report, markdown(report))
-    print(f"{s['passed']}/{s['cases']} parity runs passed ({backends[0]} vs {backends[1]})")
+    md = markdown(report)
+    onnx_failed = 0
+    if cfg.parity.onnx and cfg.parity.zoo:
+        from .onnx_export import onnx_markdown, onnx_parity
+        from .zoo import ZOO, create_model
+
+        models = {n: create_model(n) for n in ZOO if not cfg.parity.only or cfg.parity.only in f"onnx:{n}"}
+        if models:
+            report["onnx"] = onnx_parity(models, backends, seed=cfg.seed, atol=cfg.parity.atol, rtol=cfg.parity.rtol)
+            md += "\n" + onnx_markdown(report["onnx"])
+            rs = report["onnx"]["results"]
+            onnx_failed = report["onnx"]["failed"]
+            print(f"{'onnx':8} {len(rs):5d} {len(rs) - onnx_failed:7d} {max(r['max_abs'] for r in rs):12.2e} "
+                  f"{'(ORT vs ORT)':>13}")
+            for r in rs:
+                if not r["passed"]:
+                    print(f"FAIL onnx:{r['model']}: max abs {r['max_abs']:.3g} {r['message']}")
+    out = _write_report(cfg, "parity", report, md)
+    print(f"{s['passed']}/{s['cases']} parity runs passed ({backends[0]} vs {backends[1]})"
+          + (f"; ONNX exports agree on {len(rs) - onnx_failed}/{len(rs)} zoo models" if "onnx" in report else ""))
     print(f"report: {out / 'report.json'} and {out / 'report.md'}")
-    return 0 if s["failed"] == 0 else 1
+    return 0 if s["failed"] == 0 and not onnx_failed else 1
 
 
 def cmd_demo(cfg: DictConfig) -> int:

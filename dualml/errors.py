@@ -54,3 +54,11 @@ def check_keys(section: str, given: Iterable[str], allowed: Iterable[str], conte
             full = [f"{section}.{k}" for k in allowed]
             raise ConfigError(f"unknown config key '{section}.{key}'{context}{did_you_mean(f'{section}.{key}', full)}; "
                               f"allowed: {', '.join(full)}")
+
+
+class ExportError(DualmlError, RuntimeError):
+    """An exporter could not turn the model into ONNX; the message names the exporter and what to try."""
+
+
+class VerificationError(DualmlError, RuntimeError):
+    """An exported file runs but disagrees with the eager model beyond tolerance (a failed check, exit 1)."""

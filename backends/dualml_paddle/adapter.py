@@ -14,12 +14,13 @@ from dualml.errors import WeightsError
 
 from . import ops
 from .distributed import PaddleDistributed
+from .export import PaddleExport
 from .training import PaddleTraining
 
 paddle.set_device("cpu")
 
 
-class PaddleBackend(PaddleTraining, PaddleDistributed, Backend):
+class PaddleBackend(PaddleTraining, PaddleDistributed, PaddleExport, Backend):
     name = "paddle"
     hparam_ignore = frozenset({"training", "_full_name", "_built", "_dtype", "_init_in_dynamic_mode",
                                "_cast_to_low_precison", "name", "_name", "_weight_attr", "_bias_attr",

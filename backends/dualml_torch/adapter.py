@@ -13,10 +13,11 @@ from dualml.errors import WeightsError
 
 from . import ops
 from .distributed import TorchDistributed
+from .export import TorchExport
 from .training import TorchTraining
 
 
-class TorchBackend(TorchTraining, TorchDistributed, Backend):
+class TorchBackend(TorchTraining, TorchDistributed, TorchExport, Backend):
     name = "torch"
     hparam_ignore = frozenset({"training", "_is_full_backward_hook"})
     version = torch.__version__
