@@ -313,7 +313,8 @@ def compare_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, tes
 
     Timing is interleaved (each repeat runs fp32 then int8, the order alternating per repeat) in one
     process, so load from other processes on a shared machine hits both models alike; the ratio is
-    int8 median / fp32 median (< 1: int8 is faster)."""
+    int8 median / fp32 median (< 1: int8 is faster), also flat as ``latency_ratio_b1`` /
+    ``latency_ratio_b64`` with ``fp32_ms_b*`` / ``int8_ms_b*`` medians."""
     x, y = _check_xy(test_x, test_y)
     if not isinstance(latency_batch, int) or isinstance(latency_batch, bool) or latency_batch < 1:
         raise DualmlError(f"latency_batch={latency_batch!r} is not allowed; it must be a positive integer")
@@ -348,4 +349,8 @@ def compare_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, tes
         "argmax_agreement": float((l32.argmax(axis=1) == l8.argmax(axis=1)).mean()),
         "max_abs_logit_diff": float(np.abs(l32 - l8).max()),
         "latency": latency, "threads": int(threads), "repeats": int(repeats), "n_test": int(len(y)),
+        # flat copies for one-line summaries and tables: latency_ratio_b1, int8_ms_b64, ...
+        **{f"{k}_b{key[6:]}": v for key, d in latency.items()
+           for k, v in (("latency_ratio", d["ratio"]), ("fp32_ms", d["fp32"]["median_ms"]),
+                        ("int8_ms", d["int8"]["median_ms"]))},
     }

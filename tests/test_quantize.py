@@ -243,6 +243,8 @@ def test_latency_and_compare(torch_onnx, digits, calib, tmp_path):
     for v in c["latency"].values():
         assert v["ratio"] == pytest.approx(v["int8"]["median_ms"] / v["fp32"]["median_ms"])
         assert v["fp32"]["runs"] == v["int8"]["runs"] == 5
+    assert c["latency_ratio_b1"] == c["latency"]["batch_1"]["ratio"]
+    assert c["int8_ms_b64"] == c["latency"]["batch_64"]["int8"]["median_ms"]
     assert c["size_ratio"] < 1 and c["argmax_agreement"] >= 0.95
     assert c["accuracy_drop_points"] == pytest.approx(100 * (c["fp32_accuracy"] - c["int8_accuracy"]))
 
