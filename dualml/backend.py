@@ -242,6 +242,14 @@ class Backend(ABC):
         """Global L2 norm of all gradients; if ``max_norm``, scale them by min(1, max_norm/(norm+1e-6))
         (one formula on both backends; paddle's own clipper has no epsilon)."""
 
+    def unscale_grads(self, module: Any, factor: float) -> bool:
+        """Multiply every gradient by ``factor`` (1/loss scale); True when all of them are finite."""
+        raise BackendError(f"backend={self.name} does not implement fp16 loss scaling")
+
+    def zero_grads(self, opt: Any) -> None:
+        """Drop the gradients without an update (a loss-scaling step that overflowed)."""
+        raise BackendError(f"backend={self.name} does not implement fp16 loss scaling")
+
     @abstractmethod
     def optimizer_step(self, opt: Any) -> None:
         """Apply the update and clear the gradients."""

@@ -57,6 +57,28 @@ class History:
     epochs: list[dict[str, float]] = field(default_factory=list)
 
 
+@dataclass
+class LossScaler:
+    """Dynamic loss scaling for fp16, written once for both backends (torch.amp.GradScaler's rule and
+    defaults): the loss is multiplied by ``scale`` before backward so small fp16 gradients do not
+    flush to zero; gradients are divided back before clipping and the update. A step whose
+    gradients overflowed (inf/nan) is skipped and the scale halved; after ``interval`` good steps
+    in a row it doubles. Its state is in every checkpoint, so a resumed run scales identically."""
+
+    scale: float = 65536.0
+    good: int = 0
+    skipped: int = 0
+    interval: int = 2000
+
+    def update(self, finite: bool) -> None:
+        if not finite:
+            self.scale, self.good, self.skipped = self.scale * 0.5, 0, self.skipped + 1
+            return
+        self.good += 1
+        if self.good >= self.interval:
+            self.scale, self.good = self.scale * 2.0, 0
+
+
 def architecture_hash(model: Module) -> str:
     return hashlib.sha256(describe(model).encode()).hexdigest()[:16]
 
@@ -101,10 +123,8 @@ class Trainer:
         if self.accumulate < 1:
             raise ConfigError(f"trainer.accumulate={self.accumulate} is not allowed; allowed: an integer >= 1")
         if self.t.amp not in (None, "bf16", "fp16"):
-            raise ConfigError(f"trainer.amp={self.t.amp} is not allowed; allowed: null, bf16")
-        if self.t.amp == "fp16":  # fp16 needs dynamic loss scaling, which is not built (no GPU to test it)
-            raise ConfigError("trainer.amp=fp16 is not available yet: fp16 needs dynamic loss scaling on CUDA, "
-                              "which dualml does not implement; allowed: null, bf16")
+            raise ConfigError(f"trainer.amp={self.t.amp} is not allowed; allowed: null, bf16, fp16")
+        self.scaler = LossScaler() if self.t.amp == "fp16" else None
         if self.t.early_stopping.monitor not in ("val_acc", "val_loss"):
             raise ConfigError(f"trainer.early_stopping.monitor={self.t.early_stopping.monitor} is not allowed; "
                               "allowed: val_acc, val_loss")
@@ -180,6 +200,7 @@ class Trainer:
                 "backend": self.be.name, "model": self.model_name, "architecture": architecture_hash(self.model),
                 "optimizer": asdict(self.spec), "seed": self.cfg.seed, "best": self.best,
                 "rng": "derived from (seed, step): nothing to restore",
+                "loss_scaler": asdict(self.scaler) if self.scaler else None,
                 "config": OmegaConf.to_container(self.cfg, resolve=True)}
 
     def save_checkpoint(self, path: Path) -> None:
@@ -217,6 +238,8 @@ class Trainer:
         extras = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
         self.be.load_optimizer_slots(self.opt, self.net, self.spec, slots, meta["step"], extras)
         self.step, self.best = meta["step"], meta["best"]
+        if self.scaler is not None and meta.get("loss_scaler"):
+            self.scaler = LossScaler(**meta["loss_scaler"])
         self.epoch = self.step // self.steps_per_epoch  # complete epochs; the loader skips into the next
         self.resumed_from = {"step": self.step, "backend": meta["backend"]}
         if self.is_main:
@@ -280,7 +303,7 @@ class Trainer:
             with be.autocast(self.amp):
                 logits = self.train_net(be.tensor(x))
                 loss = be.cross_entropy(logits, be.tensor(y))
-            be.backward_scaled(loss, 1.0 / len(batches))
+            be.backward_scaled(loss, (self.scaler.scale if self.scaler else 1.0) / len(batches))
             loss_sum += be.item(loss) / len(batches)
             correct += int((be.numpy(logits).argmax(1) == y).sum())
             seen += len(y)
@@ -290,13 +313,27 @@ class Trainer:
         if not math.isfinite(loss_sum):
             raise TrainingDiverged(f"loss is {loss_sum} at step {self.step} (epoch {self.epoch}); stopped before "
                                    "the update, the last good checkpoint is kept"
-                                   + (f" in {self.run_dir}" if self.run_dir else ""))
+                                   + (f" in {self.run_dir}" if self.run_dir else "")
+                                   + ("; with amp=fp16 the forward pass itself may overflow float16 (loss "
+                                      "scaling only protects gradients): try amp=bf16" if self.scaler else ""))
+        row = {"step": self.step + 1, "epoch": self.epoch, "loss": loss_sum, "lr": lr, "grad_norm": float("nan"),
+               "acc": acc}
+        if self.scaler is not None:
+            row["loss_scale"] = self.scaler.scale
+            finite = be.unscale_grads(self.net, 1.0 / self.scaler.scale)
+            if self.world_size > 1:  # every rank must skip together or their weights part ways
+                finite = self.be.all_reduce_mean([float(finite)])[0] == 1.0
+            self.scaler.update(finite)
+            if not finite:  # overflow: no update this step; the learning-rate schedule moves on
+                be.zero_grads(self.opt)
+                self.step += 1
+                return row
         # the global norm costs a reduction per tensor: computed (and logged) only when clipping
-        grad_norm = be.clip_grads(self.net, self.clip_norm) if self.clip_norm is not None else float("nan")
+        if self.clip_norm is not None:
+            row["grad_norm"] = be.clip_grads(self.net, self.clip_norm)
         be.optimizer_step(self.opt)
         self.step += 1
-        return {"step": self.step, "epoch": self.epoch, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
-                "acc": acc}
+        return row
 
     def fit(self) -> dict[str, Any]:
         from tqdm import tqdm

@@ -152,3 +152,61 @@ def test_bf16_on_paddle_cpu_is_exactly_the_fp32_curve_and_near_torch_bf16(curves
     np.testing.assert_array_equal(paddle_bf16, _loss(curves[("paddle", None)]))  # float32, measured
     # the cross-backend promise under amp=bf16: same config, curves within the bf16 tolerance
     np.testing.assert_allclose(paddle_bf16, _loss(curves[("torch", "bf16")]), rtol=0, atol=CURVE_ATOL)
+
+
+# ---------------------------------------------------------------- fp16 with dynamic loss scaling
+
+def _fp16_trainer(backend: str, *extra: str) -> Trainer:
+    return Trainer(load_config([f"backend={backend}", "model=mlp", "trainer.amp=fp16", *extra]),
+                   write=False, progress=False)
+
+
+def _params(t: Trainer) -> dict[str, np.ndarray]:
+    return dualml.get_weights(t.net)
+
+
+def test_fp16_torch_trains_in_half_with_the_scaled_loss():
+    """torch's CPU autocast runs fp16 kernels; the neutral scaler keeps the curve close to fp32."""
+    t = _fp16_trainer("torch", f"trainer.max_steps={STEPS}")
+    be = t.be
+    x = be.tensor(t.data.train.x[:4])
+    with be.autocast("fp16"):
+        assert str(t.net(x).dtype) == "torch.float16"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t.fit()
+    fp32 = _run("torch", None)
+    assert [r["loss_scale"] for r in t.history.steps] == [65536.0] * STEPS  # no overflow on this run
+    assert np.abs(_loss(t) - _loss(fp32)).max() < CURVE_ATOL
+
+
+def test_fp16_paddle_on_cpu_is_exactly_the_fp32_curve():
+    """Paddle runs float32 on CPU; scaling by a power of two and back is exact, so fp16 = fp32 bit for bit."""
+    t = _fp16_trainer("paddle", f"trainer.max_steps={STEPS}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t.fit()
+    np.testing.assert_array_equal(_loss(t), _loss(_run("paddle", None)))
+
+
+@pytest.mark.parametrize("backend", ["torch", "paddle"])
+def test_overflow_skips_the_update_halves_the_scale_and_training_goes_on(backend):
+    t = _fp16_trainer(backend, "trainer.max_steps=10")
+    batch = [(t.data.train.x[:64], t.data.train.y[:64])]
+    # torch's fp16 backward overflows at 65504 already; paddle computes in float32 on CPU, so its
+    # inputs are scaled up 1e6 (loss still finite) until scale * gradient passes float32's 3.4e38
+    big = batch if backend == "torch" else [(batch[0][0] * 1e6, batch[0][1])]
+    before = _params(t)
+    t.scaler.scale = 3e38
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        row = t.train_step(big)
+    after = _params(t)
+    assert all(np.array_equal(before[k], after[k]) for k in before), "an overflowed step must not update"
+    assert (t.scaler.scale, t.scaler.skipped, t.step, row["loss_scale"]) == (1.5e38, 1, 1, 3e38)
+    t.scaler.scale, t.scaler.interval = 1024.0, 2
+    for _ in range(2):
+        t.train_step(batch)
+    assert t.scaler.scale == 2048.0 and t.scaler.good == 0  # grew after `interval` good steps
+    assert any(not np.array_equal(before[k], v) for k, v in _params(t).items())
+    assert t._state_meta()["loss_scaler"] == {"scale": 2048.0, "good": 0, "skipped": 1, "interval": 2}

@@ -111,8 +111,8 @@ def test_bad_patterns_and_values_are_named():
         trainer("trainer.optimizer.name=rmsprop")
     with pytest.raises(ConfigError, match="trainer.accumulate=0"):
         trainer("trainer.accumulate=0")
-    with pytest.raises(ConfigError, match="trainer.amp=fp16 is not available yet"):
-        trainer("trainer.amp=fp16")
+    with pytest.raises(ConfigError, match="trainer.amp=fp8 is not allowed; allowed: null, bf16, fp16"):
+        trainer("trainer.amp=fp8")
 
 
 def test_data_that_does_not_fit_is_refused_before_training():

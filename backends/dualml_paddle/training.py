@@ -74,7 +74,7 @@ class PaddleTraining:
             self._cpu_amp_warned = True
             warnings.warn(f"trainer.amp={amp}: paddle {paddle.__version__} has no {dtype} kernels for matmul/conv2d "
                           "on CPU in dynamic-graph mode (paddle.amp.auto_cast is a no-op off-GPU), so this paddle "
-                          "run trains in float32; torch runs the same config in bf16", UserWarning, stacklevel=2)
+                          f"run trains in float32; torch runs the same config in {amp}", UserWarning, stacklevel=2)
         return contextlib.nullcontext()
 
     def backward_scaled(self, loss: Any, scale: float) -> None:
@@ -95,6 +95,15 @@ class PaddleTraining:
                 for g in grads:  # grads are leaves paddle refuses to scale in place; set_value copies
                     g.set_value(g * coef)
         return norm
+
+    def unscale_grads(self, module: Any, factor: float) -> bool:
+        grads = [p.grad for p in module.parameters() if p.grad is not None and not p.stop_gradient]
+        for g in grads:  # grads are leaves paddle refuses to scale in place; set_value copies
+            g.set_value(g * factor)
+        return all(bool(paddle.isfinite(g).all()) for g in grads)
+
+    def zero_grads(self, opt: Any) -> None:
+        opt.clear_grad(set_to_zero=False)
 
     def optimizer_step(self, opt: Any) -> None:
         opt.step()

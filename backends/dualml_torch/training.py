@@ -63,6 +63,16 @@ class TorchTraining:
                 g.mul_(coef)
         return float(norm)
 
+    def unscale_grads(self, module: Any, factor: float) -> bool:
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        if not grads:
+            return True
+        torch._foreach_mul_(grads, factor)
+        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+    def zero_grads(self, opt: Any) -> None:
+        opt.zero_grad(set_to_none=True)
+
     def optimizer_step(self, opt: Any) -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
