@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -277,6 +278,16 @@ class Batcher:
             raise QueueFull(f"the request queue is full ({self._queue.maxsize} waiting); retry later") from None
         return fut
 
+    def result(self, fut: Future) -> np.ndarray:
+        """Wait for ``fut``; :class:`ServerClosing` if the batcher stopped without taking the request
+        (one submitted in the instant of shutdown), so no handler waits forever."""
+        while True:
+            try:
+                return fut.result(timeout=0.5)
+            except FutureTimeout:
+                if not self._thread.is_alive() and not fut.done():
+                    raise ServerClosing("the server shut down before running this request") from None
+
     def queued(self) -> int:
         return self._queue.qsize()
 
@@ -288,7 +299,8 @@ class Batcher:
         """Hold the batcher before its next batch (returns once it is held). For tests and draining."""
         self._resume.clear()
         self._pause.set()
-        self._paused.wait()
+        while not self._paused.wait(0.1) and self._thread.is_alive():
+            pass
 
     def resume(self) -> None:
         self._pause.clear()
@@ -334,8 +346,8 @@ class Batcher:
                 r = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
-            if n + len(r.x) > self.max_batch:
-                self._carry = r  # starts the next batch
+            if n + len(r.x) > self.max_batch or r.x.shape[1:] != first.x.shape[1:]:
+                self._carry = r  # starts the next batch (too many samples, or another size on a dynamic dim)
                 break
             group.append(r)
             n += len(r.x)
@@ -518,13 +530,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(411, "chunked bodies are not accepted; send Content-Length", close=True)
             return
         length_header = self.headers.get("Content-Length")
-        try:
-            length = int(length_header) if length_header is not None else -1
-        except ValueError:
-            length = -2
-        if length == -1:
+        if length_header is None:
             self._error(411, "Content-Length is required", close=True)
             return
+        length = int(length_header) if length_header.strip().isdigit() else -1
         if length < 0:
             self._error(400, f"Content-Length {length_header!r} is not a byte count", close=True)
             return
@@ -556,7 +565,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             x = from_json(request["inputs"], self.server.signature)
-            y = self.server.batcher.submit(x).result()
+            y = self.server.batcher.result(self.server.batcher.submit(x))
         except InputError as exc:
             self._error(422, str(exc))
             return

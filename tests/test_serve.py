@@ -69,6 +69,21 @@ def request(server, method: str, path: str, body: Any = None, raw: bytes | None 
     return resp.status, payload, resp.headers
 
 
+def post_in_background(server, x: np.ndarray) -> tuple[threading.Thread, list[Any]]:
+    """POST x from a thread; the list gets (status, body, headers) when it is answered."""
+    got: list[Any] = []
+    t = threading.Thread(target=lambda: got.append(request(server, "POST", "/predict", {"inputs": x.tolist()})))
+    t.start()
+    return t, got
+
+
+def wait_queued(server, n: int) -> None:
+    deadline = time.monotonic() + 5
+    while server.batcher.queued() < n and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert server.batcher.queued() == n
+
+
 def sample(n: int, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, 64)).astype(np.float32)
 
@@ -164,6 +179,30 @@ def test_oversized_content_length_is_refused_before_reading(serve, model):
     assert_ok(server, model, sample(1))
 
 
+def test_missing_or_bad_content_length(serve, model):
+    server = serve()
+    for headers, status in (({}, 411), ({"Content-Length": "ten"}, 400)):
+        conn = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
+        conn.putrequest("POST", "/predict")
+        for k, v in headers.items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        resp = conn.getresponse()
+        assert resp.status == status and "Content-Length" in json.loads(resp.read())["error"]
+        conn.close()
+    assert_ok(server, model, sample(1))
+
+
+def test_shutdown_answers_queued_requests_with_503(serve, model):
+    server = serve()
+    server.batcher.pause()
+    waiting, got = post_in_background(server, sample(1))
+    wait_queued(server, 1)
+    server.shutdown()
+    waiting.join(10)
+    assert got[0][0] == 503 and "shut down" in got[0][1]["error"]
+
+
 def test_unknown_path_and_wrong_method(serve, model):
     server = serve()
     assert request(server, "GET", "/nope")[0] == 404
@@ -175,13 +214,8 @@ def test_unknown_path_and_wrong_method(serve, model):
 def test_full_queue_answers_503_with_retry_after(serve, model):
     server = serve(queue_size=1)
     server.batcher.pause()                          # nothing leaves the queue until resume()
-    first: list[Any] = []
-    waiting = threading.Thread(target=lambda: first.append(
-        request(server, "POST", "/predict", {"inputs": sample(1).tolist()})))
-    waiting.start()
-    deadline = time.monotonic() + 5
-    while server.batcher.queued() < 1 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    waiting, first = post_in_background(server, sample(1))
+    wait_queued(server, 1)
     status, out, headers = request(server, "POST", "/predict", {"inputs": sample(1).tolist()})
     assert status == 503 and headers["Retry-After"] == "1" and "queue is full" in out["error"]
     server.batcher.resume()
@@ -197,21 +231,15 @@ def test_a_failing_request_in_a_batch_does_not_fail_the_others(serve, model):
         return x @ model[1] + model[2]
     server = serve(run_fn=run, max_wait_ms=50.0)
     server.batcher.pause()
-    results: dict[str, Any] = {}
-    bad = np.full((1, 64), 999, np.float32)
-    def send(key: str, x: np.ndarray) -> None:
-        results[key] = request(server, "POST", "/predict", {"inputs": x.tolist()})
-    jobs = [threading.Thread(target=send, args=a) for a in (("good", sample(2)), ("bad", bad))]
-    for j in jobs:
-        j.start()
-    deadline = time.monotonic() + 5
-    while server.batcher.queued() < 2 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    good_job, good = post_in_background(server, sample(2))
+    bad_job, bad = post_in_background(server, np.full((1, 64), 999, np.float32))
+    wait_queued(server, 2)
     server.batcher.resume()                         # both go into one batch, which fails, then run alone
-    for j in jobs:
-        j.join(10)
-    assert results["good"][0] == 200
-    assert results["bad"][0] == 500 and results["bad"][1]["error"] == "ONNX Runtime failed: poisoned input"
+    good_job.join(10)
+    bad_job.join(10)
+    assert good[0][0] == 200
+    assert bad[0][0] == 500 and bad[0][1]["error"] == "ONNX Runtime failed: poisoned input"
+    assert request(server, "GET", "/health")[1]["counts"]["max_requests_per_batch"] == 1   # re-run alone
 
 
 def test_input_casting_rules():
