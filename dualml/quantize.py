@@ -58,6 +58,7 @@ import numpy as np
 from . import ort
 from .checkpoint import atomic_write_bytes
 from .errors import DualmlError, not_allowed
+from .timing import interleaved
 
 #: ``mode`` values of :func:`quantize_onnx`
 MODES = ("dynamic", "static")
@@ -279,19 +280,6 @@ def _batch(x: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([x] * reps)[:n] if reps > 1 else x[:n])
 
 
-def _summary(ms: list[float]) -> dict[str, float]:
-    a = np.asarray(ms)
-    p10, p25, p50, p75, p90 = np.percentile(a, [10, 25, 50, 75, 90])
-    return {"median_ms": float(p50), "p10_ms": float(p10), "p90_ms": float(p90), "iqr_ms": float(p75 - p25),
-            "runs": len(ms)}
-
-
-def _time_ms(sess: Any, feed: dict[str, np.ndarray]) -> float:
-    t = time.perf_counter()
-    sess.run(None, feed)
-    return (time.perf_counter() - t) * 1e3
-
-
 def latency_onnx(path: str | os.PathLike, x: np.ndarray, repeats: int = 50, warmup: int = 5,
                  threads: int = 1) -> dict[str, Any]:
     """Milliseconds per ``run`` of the whole batch ``x``: median, p10, p90 and IQR over ``repeats``
@@ -299,9 +287,7 @@ def latency_onnx(path: str | os.PathLike, x: np.ndarray, repeats: int = 50, warm
     sess = ort.session(path, threads)
     name, _, dtype = ort.input_info(sess)
     feed = {name: np.ascontiguousarray(x, dtype=dtype)}
-    for _ in range(warmup):
-        sess.run(None, feed)
-    out = _summary([_time_ms(sess, feed) for _ in range(max(1, repeats))])
+    out = interleaved({"run": lambda: sess.run(None, feed)}, repeats=max(1, repeats), warmup=warmup)["run"]
     return {**out, "batch": int(len(x)), "threads": int(threads)}
 
 
@@ -328,18 +314,9 @@ def compare_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, tes
         for sess in (s32, s8):
             name, _, dtype = ort.input_info(sess)
             feeds.append({name: _batch(x, b).astype(dtype, copy=False)})
-        for _ in range(warmup):
-            s32.run(None, feeds[0])
-            s8.run(None, feeds[1])
-        t32, t8 = [], []
-        for r in range(max(1, repeats)):
-            if r % 2:
-                t8.append(_time_ms(s8, feeds[1]))
-                t32.append(_time_ms(s32, feeds[0]))
-            else:
-                t32.append(_time_ms(s32, feeds[0]))
-                t8.append(_time_ms(s8, feeds[1]))
-        f, i = _summary(t32), _summary(t8)
+        t = interleaved({"fp32": lambda f=feeds[0]: s32.run(None, f), "int8": lambda f=feeds[1]: s8.run(None, f)},
+                        repeats=max(1, repeats), warmup=warmup)
+        f, i = t["fp32"], t["int8"]
         latency[f"batch_{b}"] = {"fp32": f, "int8": i, "ratio": i["median_ms"] / f["median_ms"]}
     return {
         "fp32_bytes": int(size32), "int8_bytes": int(size8), "size_ratio": size8 / size32,

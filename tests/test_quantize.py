@@ -232,7 +232,7 @@ def test_evaluate_matches_numpy(torch_onnx, digits):
 
 def test_latency_and_compare(torch_onnx, digits, calib, tmp_path):
     lat = latency_onnx(torch_onnx, digits.test.x[:8], repeats=10, warmup=2)
-    assert lat["batch"] == 8 and lat["runs"] == 10
+    assert lat["batch"] == 8 and lat["n"] == 10
     assert 0 < lat["p10_ms"] <= lat["median_ms"] <= lat["p90_ms"] and lat["iqr_ms"] >= 0
 
     out = tmp_path / "q.onnx"
@@ -242,7 +242,7 @@ def test_latency_and_compare(torch_onnx, digits, calib, tmp_path):
     assert set(c["latency"]) == {"batch_1", "batch_64"}
     for v in c["latency"].values():
         assert v["ratio"] == pytest.approx(v["int8"]["median_ms"] / v["fp32"]["median_ms"])
-        assert v["fp32"]["runs"] == v["int8"]["runs"] == 5
+        assert v["fp32"]["n"] == v["int8"]["n"] == 5
     assert c["latency_ratio_b1"] == c["latency"]["batch_1"]["ratio"]
     assert c["int8_ms_b64"] == c["latency"]["batch_64"]["int8"]["median_ms"]
     assert c["size_ratio"] < 1 and c["argmax_agreement"] >= 0.95
