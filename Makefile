@@ -32,6 +32,8 @@ parity: venv
 bench: venv
 	$(BIN)/python benchmarks/bench_core.py
 	$(BIN)/python benchmarks/bench_trainer.py
+	$(BIN)/python benchmarks/bench_onnx.py
+	$(BIN)/python benchmarks/bench_serve.py
 
 clean:
 	rm -rf $(VENV) reports *.egg-info

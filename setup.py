@@ -17,9 +17,11 @@ setup(
     long_description=(here / "README.md").read_text(encoding="utf-8") if (here / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["dualml", "dualml_torch", "dualml_paddle"],
-    package_dir={"dualml": "dualml", "dualml_torch": "backends/dualml_torch",
+    # configs/ ships inside the package as dualml/_configs, so a non-editable install finds its defaults
+    packages=["dualml", "dualml.compress", "dualml._configs", "dualml_torch", "dualml_paddle"],
+    package_dir={"dualml": "dualml", "dualml._configs": "configs", "dualml_torch": "backends/dualml_torch",
                  "dualml_paddle": "backends/dualml_paddle"},
+    package_data={"dualml._configs": ["*.yaml", "*/*.yaml"]},
     install_requires=["numpy>=1.24,<2", "omegaconf>=2.3", "safetensors>=0.4", "tqdm", "matplotlib",
                       "scikit-learn", "tensorboardX>=2.6"],
     extras_require={"torch": TORCH + EXPORT, "paddle": PADDLE + EXPORT, "all": TORCH + PADDLE + EXPORT,

@@ -9,7 +9,9 @@ compare engines, not thread pools, on a 2-core shared box.
 
 INT8: a cnn is trained on digits (dualml Trainer, default config, torch), exported from the same
 checkpoint by both backends, statically quantized (QDQ, calibrated on train batches) by the one
-ORT path (dualml.quantize), and compared with its fp32 file: size, test accuracy, latency.
+ORT path (dualml.quantize), and compared with its fp32 file: size, test accuracy, latency. Twice:
+the default cnn (channels 16,32: a 22 KiB file where the Q/DQ graph overhead is large next to the
+weights) and a wider one (64,128).
 
 Usage: ``python benchmarks/bench_onnx.py [--models mlp,cnn,transformer] [--repeats 30] [--no-int8]
 [--out reports/bench]``. Writes ``onnx.json``, ``onnx.md`` and ``onnx.png`` and prints their paths.
@@ -77,27 +79,29 @@ def _inference(name: str, batches: list[int], repeats: int, tmp: Path) -> dict[s
     return out
 
 
-def _int8(repeats: int, tmp: Path) -> dict[str, Any]:
+def _int8(channels: list[int], tmp: Path) -> dict[str, Any]:
+    from dualml import get_weights
     from dualml.config import load_config
     from dualml.data import load_dataset
     from dualml.onnx_export import export_model
     from dualml.quantize import calibration_batches, compare_int8, quantize_onnx
     from dualml.trainer import Trainer
 
-    cfg = load_config(["backend=torch", "model=cnn", "data=digits"])
+    cfg = load_config(["backend=torch", "model=cnn", "data=digits", f"model.channels=[{channels[0]},{channels[1]}]"])
     trainer = Trainer(cfg, write=False, progress=False)
     metrics = trainer.fit()
-    from dualml import get_weights
     weights = get_weights(trainer.net)
     ds = load_dataset(cfg.data, input_shape=(1, 8, 8), seed=cfg.seed)
     calib = calibration_batches(ds.train.x, 8, 64, 0)
-    res: dict[str, Any] = {"trained": {"backend": "torch", "test_acc": metrics["test_acc"], "steps": metrics["steps"]}}
+    res: dict[str, Any] = {"channels": channels, "trained": {"backend": "torch", "test_acc": metrics["test_acc"],
+                                                             "steps": metrics["steps"]}}
     for b in BACKENDS:
-        fp32 = tmp / f"cnn-{b}.fp32.onnx"
+        fp32 = tmp / f"cnn{channels}-{b}.fp32.onnx"
         export_model(trainer.model, b, weights, fp32, ds.test.x[:8], metadata={"model": "cnn"})
-        q = tmp / f"cnn-{b}.int8.onnx"
+        q = tmp / f"cnn{channels}-{b}.int8.onnx"
         info = quantize_onnx(fp32, q, "static", calib)
-        res[b] = {"quantize": info, **compare_int8(fp32, q, ds.test.x, ds.test.y)}
+        res[b] = {"quantize": {k: v for k, v in info.items() if k != "ops"},
+                  **compare_int8(fp32, q, ds.test.x, ds.test.y)}
     return res
 
 
@@ -113,15 +117,16 @@ def _markdown(report: dict[str, Any]) -> str:
                          f"{m['paddle ort']:.3f} | {q['torch eager / torch ort']:.2f}x | "
                          f"{q['paddle eager / paddle ort']:.2f}x | {q['paddle eager / torch eager']:.2f} |")
     if report.get("int8"):
-        lines += ["", "# Static INT8 (QDQ) cnn on digits vs fp32 ORT", "",
-                  "| exported by | fp32 KiB | int8 KiB | size | fp32 acc | int8 acc | drop (points) | "
-                  "latency int8/fp32 b1 | b64 |", "|---|---|---|---|---|---|---|---|---|"]
-        for b in BACKENDS:
-            c = report["int8"][b]
-            lines.append(f"| {b} | {c['fp32_bytes'] / 1024:.1f} | {c['int8_bytes'] / 1024:.1f} | "
-                         f"{100 * c['size_ratio']:.0f}% | {c['fp32_accuracy']:.4f} | {c['int8_accuracy']:.4f} | "
-                         f"{c['accuracy_drop_points']:.2f} | {c['latency_ratio_b1']:.2f} | "
-                         f"{c['latency_ratio_b64']:.2f} |")
+        lines += ["", "# Static INT8 (QDQ) cnn on digits vs fp32 ORT (1 thread)", "",
+                  "| cnn channels | exported by | fp32 KiB | int8 KiB | size | fp32 acc | int8 acc | drop (points) | "
+                  "latency int8/fp32 b1 | b64 |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in report["int8"]:
+            for b in BACKENDS:
+                c = r[b]
+                lines.append(f"| {r['channels']} | {b} | {c['fp32_bytes'] / 1024:.1f} | {c['int8_bytes'] / 1024:.1f} | "
+                             f"{100 * c['size_ratio']:.0f}% | {c['fp32_accuracy']:.4f} | {c['int8_accuracy']:.4f} | "
+                             f"{c['accuracy_drop_points']:.2f} | {c['latency_ratio_b1']:.2f} | "
+                             f"{c['latency_ratio_b64']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -157,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", default="1,64")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--no-int8", action="store_true")
+    ap.add_argument("--int8-channels", default="16,32;64,128", help="cnn channel pairs for the INT8 table")
     ap.add_argument("--out", default="reports/bench")
     a = ap.parse_args(argv)
     from tqdm import tqdm
@@ -167,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             report["inference"][name] = _inference(name, [int(b) for b in a.batches.split(",")], a.repeats,
                                                    Path(tmp))
         if not a.no_int8:
-            report["int8"] = _int8(a.repeats, Path(tmp))
+            report["int8"] = [_int8([int(c) for c in ch.split(",")], Path(tmp))
+                              for ch in tqdm(a.int8_channels.split(";"), desc="INT8", unit="cnn")]
     out = Path(a.out)
     atomic_write(out / "onnx.json", json.dumps(report, indent=2, default=str).encode())
     atomic_write(out / "onnx.md", _markdown(report).encode())

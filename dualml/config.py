@@ -17,9 +17,10 @@ GROUPS = ("model", "data", "trainer")
 
 
 def config_dir() -> Path:
-    """$DUALML_CONFIG_DIR, else ./configs, else the configs/ folder of this source tree."""
-    here = Path(__file__).resolve().parent.parent / "configs"
-    for candidate in (os.environ.get("DUALML_CONFIG_DIR"), "configs", here):
+    """$DUALML_CONFIG_DIR, else ./configs, else the configs/ folder of this source tree, else the copy
+    an installed package carries (``dualml/_configs``, see setup.py)."""
+    pkg = Path(__file__).resolve().parent
+    for candidate in (os.environ.get("DUALML_CONFIG_DIR"), "configs", pkg.parent / "configs", pkg / "_configs"):
         if candidate and (Path(candidate) / "config.yaml").is_file():
             return Path(candidate)
     raise ConfigError("no configs/config.yaml found; run from the repository or set DUALML_CONFIG_DIR")

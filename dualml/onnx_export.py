@@ -63,6 +63,8 @@ def finalize(raw_path: str | Path, out: str | Path, metadata: dict[str, str]) ->
         if dims:
             dims[0].ClearField("dim_value")
             dims[0].dim_param = ort.BATCH_DIM
+    for node in graph.node:  # the dynamo exporter's per-node stack traces: a third of a small file, and
+        del node.metadata_props[:]  # they leak the exporting machine's source paths into deployments
     del model.metadata_props[:]
     for k, v in metadata.items():
         model.metadata_props.add(key=k, value=str(v))
