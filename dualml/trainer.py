@@ -18,6 +18,7 @@ import io
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,13 @@ class Trainer:
     """
 
     def __init__(self, cfg: DictConfig, model: Module | None = None, dataset: Any = None,
-                 write: bool = True, progress: bool = True) -> None:
+                 write: bool = True, progress: bool = True, weights: dict[str, np.ndarray] | None = None,
+                 loss_fn: Callable[[Any, Any, Any, np.ndarray], Any] | None = None,
+                 after_step: Callable[[Trainer], None] | None = None) -> None:
+        """``weights``: canonical weights to start from instead of the seeded init (fine-tuning a
+        compressed model). ``loss_fn(backend, logits, labels, x)`` replaces cross-entropy (knowledge
+        distillation gets the numpy batch ``x`` to ask its teacher). ``after_step(trainer)`` runs
+        after every optimizer update (re-applying pruning masks)."""
         from .data import Loader, load_dataset
 
         self.cfg = cfg
@@ -144,7 +151,8 @@ class Trainer:
         self.amp = self.t.amp
         self.clip_norm = None if self.t.clip_norm is None else float(self.t.clip_norm)
         self.seed = int(cfg.seed)
-        self.net = build(self.model, cfg.backend, seed=cfg.seed)
+        self.net = build(self.model, cfg.backend, seed=cfg.seed, weights=weights)
+        self.loss_fn, self.after_step = loss_fn, after_step
         self._check_data_fits()
         self.train_net = self.be.wrap_data_parallel(self.net) if self.world_size > 1 else self.net
         index = param_index(self.net)
@@ -302,7 +310,8 @@ class Trainer:
         for x, y in batches:
             with be.autocast(self.amp):
                 logits = self.train_net(be.tensor(x))
-                loss = be.cross_entropy(logits, be.tensor(y))
+                loss = (self.loss_fn(be, logits, be.tensor(y), x) if self.loss_fn
+                        else be.cross_entropy(logits, be.tensor(y)))
             be.backward_scaled(loss, (self.scaler.scale if self.scaler else 1.0) / len(batches))
             loss_sum += be.item(loss) / len(batches)
             correct += int((be.numpy(logits).argmax(1) == y).sum())
@@ -333,6 +342,8 @@ class Trainer:
             row["grad_norm"] = be.clip_grads(self.net, self.clip_norm)
         be.optimizer_step(self.opt)
         self.step += 1
+        if self.after_step is not None:
+            self.after_step(self)
         return row
 
     def fit(self) -> dict[str, Any]:
