@@ -300,6 +300,11 @@ class Backend(ABC):
         """
         raise BackendError(f"backend={self.name} has no ONNX exporter")
 
+    def quantization_support(self, mode: str) -> str | None:
+        """None when quantization ``mode`` (dynamic | static | qat) works on this backend, else why not
+        (checked before a compression pipeline spends any training time)."""
+        return None
+
     def parameter_names(self, module: Any) -> list[str]:
         """Full names of the module's parameters (named_parameters order, shared ones once)."""
         return [n for n, _ in module.named_parameters()]

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .errors import ConfigError, did_you_mean, not_allowed
 
-GROUPS = ("model", "data", "trainer")
+GROUPS = ("model", "data", "trainer", "compress")
 
 
 def config_dir() -> Path:
@@ -41,7 +41,7 @@ def _parse(overrides: Sequence[str]) -> list[tuple[str, str]]:
 
 
 #: sections whose keys depend on a chosen kind (validated by their own module, e.g. schedules)
-OPEN_SECTIONS = ("trainer.schedule", "data")
+OPEN_SECTIONS = ("trainer.schedule", "data", "compress")
 
 
 def _check_key(cfg: DictConfig, key: str) -> Any:
