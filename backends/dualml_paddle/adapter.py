@@ -13,6 +13,7 @@ from dualml.backend import Backend
 from dualml.errors import WeightsError
 
 from . import ops
+from .compress import PaddleCompress
 from .distributed import PaddleDistributed
 from .export import PaddleExport
 from .training import PaddleTraining
@@ -20,7 +21,7 @@ from .training import PaddleTraining
 paddle.set_device("cpu")
 
 
-class PaddleBackend(PaddleTraining, PaddleDistributed, PaddleExport, Backend):
+class PaddleBackend(PaddleTraining, PaddleDistributed, PaddleExport, PaddleCompress, Backend):
     name = "paddle"
     hparam_ignore = frozenset({"training", "_full_name", "_built", "_dtype", "_init_in_dynamic_mode",
                                "_cast_to_low_precison", "name", "_name", "_weight_attr", "_bias_attr",

@@ -12,12 +12,13 @@ from dualml.backend import Backend
 from dualml.errors import WeightsError
 
 from . import ops
+from .compress import TorchCompress
 from .distributed import TorchDistributed
 from .export import TorchExport
 from .training import TorchTraining
 
 
-class TorchBackend(TorchTraining, TorchDistributed, TorchExport, Backend):
+class TorchBackend(TorchTraining, TorchDistributed, TorchExport, TorchCompress, Backend):
     name = "torch"
     hparam_ignore = frozenset({"training", "_is_full_backward_hook"})
     version = torch.__version__

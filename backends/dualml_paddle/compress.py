@@ -1,0 +1,67 @@
+"""Filter selection for structured pruning with PaddleSlim's dygraph filter pruners.
+
+``L1NormFilterPruner`` / ``L2NormFilterPruner`` / ``FPGMFilterPruner`` are built on the native
+paddle model and an input shape (PaddleSlim traces the model into a program to find which
+variables are coupled), then ``prune_var(..., apply=None)`` returns the pruning plan without
+touching the model: the conv's own mask (axis 0) gives the removed filters and the plan's other
+variables give the layers PaddleSlim considers coupled. The removal is done by dualml's neutral
+code, so both backends build the identical pruned model.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import zlib  # noqa: F401  - before paddle, see __init__
+from typing import Any
+
+import numpy as np
+
+from dualml.errors import BackendError
+
+
+@contextlib.contextmanager
+def _quiet():
+    """PaddleSlim logs every group it finds and every variable it plans at INFO."""
+    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith("paddleslim")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+class PaddleCompress:
+    def select_filters(self, net: Any, ratios: dict[str, float], method: str, inputs: Any) -> dict[str, Any]:
+        """{conv path: Selection} for ``ratios`` {conv path: ratio} by ``method`` (l1 | l2 | fpgm)."""
+        from paddleslim.dygraph import FPGMFilterPruner, L1NormFilterPruner, L2NormFilterPruner
+
+        from dualml.build import native_leaves
+        from dualml.compress.prune import Selection
+
+        leaves = native_leaves(net)
+        owner = {p.name: path for path, leaf in leaves.items() for p in leaf.parameters()}
+        shape = [int(s) for s in inputs.shape]
+        with _quiet():
+            if method == "fpgm":
+                pruner = FPGMFilterPruner(net, shape, skip_leaves=False)
+            else:
+                cls = L1NormFilterPruner if method == "l1" else L2NormFilterPruner
+                pruner = cls(net, shape, skip_leaves=False, input_dtype=str(inputs.dtype))
+        out = {}
+        for path, ratio in ratios.items():
+            name = leaves[path].weight.name
+            with _quiet():
+                plan = pruner.prune_var(name, 0, ratio, apply=None)
+            masks = [m for m in (plan.masks.get(name, []) if plan is not None else []) if m.dims == 0]
+            if not masks:
+                raise BackendError(f"PaddleSlim found no pruning group for layer '{path}' ({name})")
+            removed = np.flatnonzero(np.asarray(masks[0].mask) == 0)
+            group = sorted({owner[v] for v in plan.masks if v in owner} - {path})
+            out[path] = Selection(tuple(int(i) for i in removed), f"paddleslim {type(pruner).__name__}",
+                                  tuple(group))
+        return out
