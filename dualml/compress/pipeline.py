@@ -30,9 +30,9 @@ PASSES: dict[str, dict[str, Any]] = {
     "nm": {"n": 2, "m": 4, "layers": None},
     "lowrank": {"rank": None, "energy": None, "layers": None},
     "fold_bn": {},
-    "finetune": {"epochs": 3, "lr": None},
+    "finetune": {"epochs": 3, "lr": None, "batch_size": None},
     "distill": {"student": None, "teacher_backend": None, "temperature": 4.0, "alpha": 0.7, "epochs": 10,
-                "lr": None},
+                "lr": None, "batch_size": None},
     "quantize": {"mode": "static", "epochs": 1, "lr": None, "calib_batches": 8},
     "export": {},
 }
@@ -162,6 +162,8 @@ def _check_step(where: str, name: str, p: dict[str, Any], leaves: dict[str, Any]
         if p.get("lr") is not None and (isinstance(p["lr"], bool) or not isinstance(p["lr"], (int, float))
                                         or p["lr"] <= 0):
             raise ConfigError(f"{where}.lr={p['lr']!r} is not allowed; allowed: null (the trainer's) or a number > 0")
+        if p.get("batch_size") is not None:
+            _epochs(where, "batch_size", p["batch_size"])
     if name == "distill":
         from ..backend import available_backends
         from .distill import kd_loss
@@ -193,10 +195,13 @@ class Context:
     teacher: Any = None
 
 
-def _trainer_cfg(cfg: Any, epochs: int, lr: float | None, model_cfg: dict | None = None) -> Any:
+def _trainer_cfg(cfg: Any, epochs: int, lr: float | None, model_cfg: dict | None = None,
+                 batch_size: int | None = None) -> Any:
     from omegaconf import OmegaConf
 
     c = copy.deepcopy(cfg)
+    if batch_size is not None:
+        OmegaConf.update(c, "data.batch_size", int(batch_size), merge=False)
     OmegaConf.update(c, "trainer.epochs", int(epochs), merge=False)
     OmegaConf.update(c, "trainer.max_steps", None, merge=False)
     if lr is not None:
@@ -208,7 +213,7 @@ def _trainer_cfg(cfg: Any, epochs: int, lr: float | None, model_cfg: dict | None
 
 def _train(ctx: Context, state: State, epochs: int, lr: float | None, model: Module | None = None,
            weights: dict | None = None, loss_fn: Any = None, model_cfg: dict | None = None,
-           gradual: dict | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+           gradual: dict | None = None, batch_size: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Fine-tune with the normal Trainer (no run folder), keeping ``state.masks`` applied after every
     update; ``gradual`` grows magnitude masks along Zhu & Gupta's schedule while training."""
     from ..build import get_weights, set_weights
@@ -226,7 +231,7 @@ def _train(ctx: Context, state: State, epochs: int, lr: float | None, model: Mod
             set_weights(tr.net, apply_masks({k: v for k, v in get_weights(tr.net).items() if k in state.masks},
                                             state.masks), strict=False)
 
-    trainer = Trainer(_trainer_cfg(ctx.cfg, epochs, lr, model_cfg), model=model or state.model,
+    trainer = Trainer(_trainer_cfg(ctx.cfg, epochs, lr, model_cfg, batch_size), model=model or state.model,
                       dataset=ctx.dataset, write=False, progress=True, weights=weights or state.weights,
                       loss_fn=loss_fn, after_step=after if (state.masks or gradual) else None)
     if gradual is not None:
@@ -277,7 +282,7 @@ def _apply(step: Step, state: State, ctx: Context) -> tuple[State, dict[str, Any
                else fold_bn(state.model, state.weights))
         return State(res.model, res.weights), {"changed": res.changed, "skipped": res.skipped}
     if step.name == "finetune":
-        w, info = _train(ctx, state, p["epochs"], p["lr"])
+        w, info = _train(ctx, state, p["epochs"], p["lr"], batch_size=p["batch_size"])
         return State(state.model, w, state.masks), info
     if step.name == "distill":
         return _distill(step, state, ctx)
@@ -298,7 +303,7 @@ def _distill(step: Step, state: State, ctx: Context) -> tuple[State, dict[str, A
     student = create_model(name, **student_cfg)
     w, info = _train(ctx, State(student, {}), p["epochs"], p["lr"], model=student,
                      weights=_seeded(student, ctx.cfg.seed), loss_fn=kd_loss(teacher, p["temperature"], p["alpha"]),
-                     model_cfg={"name": name, **student_cfg})
+                     model_cfg={"name": name, **student_cfg}, batch_size=p["batch_size"])
     return State(student, w), {"teacher_backend": teacher_backend, "student": p["student"], **info}
 
 
