@@ -2,10 +2,10 @@
 
 The student trains in the normal Trainer; only the loss changes (``Trainer(loss_fn=...)``). For each
 micro-batch the teacher, built on its own backend (or an ONNX file), maps the numpy inputs to logits,
-and the student's loss is Hinton's: alpha * T^2 * CE(softmax(teacher/T), softmax(student/T)) +
-(1 - alpha) * CE(labels, student). The soft term is written as a cross-entropy against the soft
-targets, which has the same gradient as the KL divergence (they differ by the teacher's entropy, a
-constant). The loss uses only ``self.F`` ops, so it is the same on both backends.
+and the student's loss is Hinton's: alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) +
+(1 - alpha) * CE(labels, student). The soft term is computed as the cross-entropy against the soft
+targets minus their entropy (a constant from numpy), i.e. KL(teacher || student), so the logged loss
+goes to 0 as the student matches. The loss uses only ``self.F`` ops: the same on both backends.
 """
 from __future__ import annotations
 
@@ -45,8 +45,9 @@ def kd_loss(teacher: Teacher, temperature: float = 4.0, alpha: float = 0.7) -> C
     t, a = float(temperature), float(alpha)
 
     def loss(be: Any, logits: Any, labels: Any, x: np.ndarray) -> Any:
-        soft = be.tensor(softmax_t(teacher(x), t))
+        p = softmax_t(teacher(x), t)
+        entropy = float(-(p * np.log(np.maximum(p, 1e-30))).sum(-1).mean())  # makes the logged term KL
         log_q = be.ops.log_softmax(logits / t, dim=-1)
-        soft_ce = be.ops.mean(be.ops.sum(-(soft * log_q), dim=-1))
-        return soft_ce * (a * t * t) + be.cross_entropy(logits, labels) * (1.0 - a)
+        kl = be.ops.mean(be.ops.sum(-(be.tensor(p) * log_q), dim=-1)) - entropy
+        return kl * (a * t * t) + be.cross_entropy(logits, labels) * (1.0 - a)
     return loss
