@@ -300,6 +300,31 @@ class Backend(ABC):
         """
         raise BackendError(f"backend={self.name} has no ONNX exporter")
 
+    # ------------------------------------------------------------------ quantization (dualml.compress.quantization)
+    def quantize_dynamic(self, net: Any) -> Any:
+        """INT8 Linear weights without data (torch: activations quantized per batch; paddle: weight-only).
+        Returns a new native quantized model; ``net`` is unchanged."""
+        raise BackendError(f"backend={self.name} has no dynamic quantization")
+
+    def quantize_static(self, net: Any, calibration: list[np.ndarray]) -> Any:
+        """Post-training INT8 of weights and activations, activation ranges from the ``calibration``
+        batches (float32, shaped like the input). Returns a new native quantized model."""
+        raise BackendError(f"backend={self.name} has no static post-training quantization")
+
+    def prepare_qat(self, net: Any) -> Any:
+        """A fake-quantized copy of ``net`` that the framework's optimizers can train (QAT)."""
+        raise BackendError(f"backend={self.name} has no quantization-aware training")
+
+    def convert_qat(self, qat_net: Any) -> Any:
+        """The quantized model of a trained :meth:`prepare_qat` model."""
+        raise BackendError(f"backend={self.name} has no quantization-aware training")
+
+    def export_quantized_onnx(self, qnet: Any, sample: np.ndarray, path: str,
+                              metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write a quantized model as QDQ ONNX (one input ``input``, one output ``output``, dynamic
+        batch, finalized by dualml.onnx_export.finalize) and return the exporter and graph facts."""
+        raise BackendError(f"backend={self.name} cannot export quantized models to ONNX")
+
     def quantization_support(self, mode: str) -> str | None:
         """None when quantization ``mode`` (dynamic | static | qat) works on this backend, else why not
         (checked before a compression pipeline spends any training time)."""

@@ -16,12 +16,13 @@ from . import ops
 from .compress import PaddleCompress
 from .distributed import PaddleDistributed
 from .export import PaddleExport
+from .quantization import PaddleQuantization
 from .training import PaddleTraining
 
 paddle.set_device("cpu")
 
 
-class PaddleBackend(PaddleTraining, PaddleDistributed, PaddleExport, PaddleCompress, Backend):
+class PaddleBackend(PaddleTraining, PaddleDistributed, PaddleExport, PaddleCompress, PaddleQuantization, Backend):
     name = "paddle"
     hparam_ignore = frozenset({"training", "_full_name", "_built", "_dtype", "_init_in_dynamic_mode",
                                "_cast_to_low_precison", "name", "_name", "_weight_attr", "_bias_attr",

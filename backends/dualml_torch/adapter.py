@@ -15,10 +15,11 @@ from . import ops
 from .compress import TorchCompress
 from .distributed import TorchDistributed
 from .export import TorchExport
+from .quantization import TorchQuantization
 from .training import TorchTraining
 
 
-class TorchBackend(TorchTraining, TorchDistributed, TorchExport, TorchCompress, Backend):
+class TorchBackend(TorchTraining, TorchDistributed, TorchExport, TorchCompress, TorchQuantization, Backend):
     name = "torch"
     hparam_ignore = frozenset({"training", "_is_full_backward_hook"})
     version = torch.__version__
