@@ -37,7 +37,8 @@ BACKENDS = ("torch", "paddle")
 def _inference(name: str, batches: list[int], repeats: int, tmp: Path) -> dict[str, Any]:
     import torch
 
-    from dualml import build, get_backend, ort
+    from dualml import build, ort
+    from dualml.bench import eager_call, ort_call
     from dualml.module import init_weights
     from dualml.onnx_export import export_model
     from dualml.timing import interleaved
@@ -61,14 +62,8 @@ def _inference(name: str, batches: list[int], repeats: int, tmp: Path) -> dict[s
         x = model.input_spec(n)[0].sample(rng)
         fns = {}
         for b in BACKENDS:
-            be, net, sess = get_backend(b), nets[b], sessions[b]
-            xt = be.tensor(x)
-
-            def eager(be=be, net=net, xt=xt):
-                with be.no_grad():
-                    return be.numpy(net(xt))
-            fns[f"{b} eager"] = eager
-            fns[f"{b} ort"] = lambda sess=sess: ort.run(sess, x)
+            fns[f"{b} eager"] = eager_call(nets[b], b, x)
+            fns[f"{b} ort"] = ort_call(sessions[b], x)
         t = interleaved(fns, repeats=repeats, warmup=3, min_seconds=0.02)
         med = {k: v["median_ms"] for k, v in t.items()}
         out["batches"][n] = {"timings": t, "ratios": {

@@ -21,11 +21,13 @@ COMMANDS = {
     "predict": "run an ONNX model on an .npy file: `dualml predict model.onnx input=x.npy`",
     "serve": "serve an ONNX model over HTTP with request batching: `dualml serve model.onnx`",
     "compress": "run the compression pipeline `compress` (configs/compress/*.yaml) on `backend`, measure each pass",
+    "bench": "measure `model` on torch and paddle side by side (train step, eager/ORT latency, memory, export, INT8)",
     "config": "print the resolved config",
 }
 #: commands implemented outside this file ("module:function"), imported only when run
 EXTERNAL = {"export": "dualml.onnx_export:cmd_export", "predict": "dualml.serve:cmd_predict",
-            "serve": "dualml.serve:cmd_serve", "compress": "dualml.compress.pipeline:cmd_compress"}
+            "serve": "dualml.serve:cmd_serve", "compress": "dualml.compress.pipeline:cmd_compress",
+            "bench": "dualml.bench:cmd_bench"}
 #: commands whose own config section's keys may be given bare (``out=m.onnx`` = ``export.out=m.onnx``);
 #: a bare word (no ``=``) is that section's ``model``
 SECTIONS = {"export": "export", "predict": "predict", "serve": "serve"}
