@@ -40,7 +40,7 @@ TARGETS = {
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
     base, last = report["stages"][0], report["stages"][-1]
-    keys = ("acc_drop_points", "size_ratio", "flops_cut", "params_ratio")
+    keys = ("acc_drop_points", "size_ratio", "weight_bytes_ratio", "flops_cut", "params_ratio")
     return {"pipeline": report["pipeline"], "backend": report["backend"],
             "base_acc": base["ort_test_acc"], "final_acc": last["ort_test_acc"], **{k: last[k] for k in keys},
             "latency_ratio_b1": last["latency_ms_b1"] / base["latency_ms_b1"],
@@ -49,14 +49,15 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| pipeline | backend | acc base -> final | drop pts | ONNX size | FLOPs cut | params | "
-             "latency b1 | b64 | target |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| pipeline | backend | acc base -> final | drop pts | ONNX size | weights | FLOPs cut | params | "
+             "latency b1 | b64 | target |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t = r.get("target")
         verdict = "" if t is None else ("met" if r["target_met"] else "**missed**")
         acc = f"{100 * r['base_acc']:.2f}% -> {100 * r['final_acc']:.2f}%"
         lines.append(f"| {r['pipeline']} | {r['backend']} | {acc} | "
-                     f"{r['acc_drop_points']:+.2f} | {100 * r['size_ratio']:.0f}% | {100 * r['flops_cut']:.0f}% | "
+                     f"{r['acc_drop_points']:+.2f} | {100 * r['size_ratio']:.0f}% | "
+                     f"{100 * r['weight_bytes_ratio']:.0f}% | {100 * r['flops_cut']:.0f}% | "
                      f"{100 * r['params_ratio']:.0f}% | {r['latency_ratio_b1']:.2f} | {r['latency_ratio_b64']:.2f} | "
                      f"{verdict} |")
     targets = sorted({(r["pipeline"], r["target"]) for r in rows if r.get("target")})
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backends", default="torch,paddle")
     ap.add_argument("--model", default="cnn")
     ap.add_argument("--out", default=str(ROOT / "reports" / "bench"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for every run, e.g. --set 'model.channels=[64,128]'")
     a = ap.parse_args(argv)
     import torch
 
@@ -106,10 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     from dualml.config import load_config
 
     rows, reports = [], []
+    if a.set:
+        print(f"overrides: {' '.join(a.set)}")
     with tempfile.TemporaryDirectory(prefix="dualml-bench-compress-") as tmp:
         for name in a.pipelines.split(","):
             for backend in a.backends.split(","):
-                cfg = load_config([f"backend={backend}", f"model={a.model}", f"compress={name}"])
+                cfg = load_config([f"backend={backend}", f"model={a.model}", f"compress={name}", *a.set])
                 report = run_pipeline(cfg, Path(tmp) / f"{name}-{backend}")
                 reports.append(report)
                 row = _summary(report)
@@ -120,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name} [{backend}]: acc {100 * row['base_acc']:.2f}% -> {100 * row['final_acc']:.2f}%, size "
                       f"{100 * row['size_ratio']:.0f}%, FLOPs cut {100 * row['flops_cut']:.0f}%", flush=True)
     out = Path(a.out)
-    atomic_write(out / "compress.json", json.dumps({"machine": machine_info(), "summary": rows,
+    atomic_write(out / "compress.json", json.dumps({"machine": machine_info(), "overrides": a.set, "summary": rows,
                                                     "reports": reports}, indent=2, default=str).encode())
     md = _markdown(rows)
     atomic_write(out / "compress.md", md.encode())

@@ -249,7 +249,8 @@ def _check_xy(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x, y.astype(np.int64)
 
 
-def _logits(sess: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
+def onnx_logits(sess: Any, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Outputs of an ONNX Runtime session on ``x``, batch by batch, as float64."""
     name, _, dtype = ort.input_info(sess)
     outs = [sess.run(None, {name: np.ascontiguousarray(x[i:i + batch_size], dtype=dtype)})[0]
             for i in range(0, len(x), batch_size)]
@@ -271,7 +272,7 @@ def evaluate_onnx(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, batch_s
     """Accuracy (argmax of the output vs integer labels) and mean cross-entropy of the output taken
     as logits, on a labelled split: the numbers to hold an int8 file against its fp32 source."""
     x, y = _check_xy(x, y)
-    return _metrics(_logits(ort.session(path, threads), x, batch_size), y)
+    return _metrics(onnx_logits(ort.session(path, threads), x, batch_size), y)
 
 
 def _batch(x: np.ndarray, n: int) -> np.ndarray:
@@ -305,7 +306,7 @@ def compare_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, tes
     if not isinstance(latency_batch, int) or isinstance(latency_batch, bool) or latency_batch < 1:
         raise DualmlError(f"latency_batch={latency_batch!r} is not allowed; it must be a positive integer")
     s32, s8 = ort.session(fp32_path, threads), ort.session(int8_path, threads)
-    l32, l8 = _logits(s32, x, 256), _logits(s8, x, 256)
+    l32, l8 = onnx_logits(s32, x), onnx_logits(s8, x)
     m32, m8 = _metrics(l32, y), _metrics(l8, y)
     size32, size8 = Path(fp32_path).stat().st_size, Path(int8_path).stat().st_size
     latency = {}

@@ -125,3 +125,29 @@ def test_compress_cli_runs_a_pipeline_and_reports(tmp_path):
     assert folded["ort_test_acc"] == pytest.approx(base["ort_test_acc"], abs=1 / 360)
     assert (folder / "compress.png").stat().st_size > 0 and (folder / "stage1-fold_bn.onnx").is_file()
     assert all(r["latency_ms_b1"] > 0 for r in report["stages"])
+
+
+@pytest.mark.parametrize("backend, pipeline", [("torch", "ptq"), ("paddle", "qat"), ("paddle", "dynamic")])
+def test_quantize_pipeline_writes_int8_onnx_with_the_claimed_accuracy(backend, pipeline, tmp_path):
+    """The quantize pass inside a pipeline: the exported stage holds int8 weights and quantization ops,
+    ONNX Runtime reproduces the native int8 model's accuracy (the report's claim), and weight bytes fall."""
+    import torch
+
+    from dualml.compress.pipeline import run_pipeline
+    torch.set_num_threads(1)  # beside paddle on 2 cores
+    cfg = load_config([f"backend={backend}", "model=cnn", f"compress={pipeline}", "trainer.epochs=3",
+                       "compress.latency_repeats=3", f"out_dir={tmp_path}"])
+    report = run_pipeline(cfg, tmp_path)
+    base, q = report["stages"][0], report["stages"][1]
+    assert q["quantized"] == ("qat" if pipeline == "qat" else "static" if pipeline == "ptq" else "dynamic")
+    assert q["int8_ops"] > 0
+    # ONNX Runtime's integer kernels and the framework's int8 (paddle: fake-quant float) arithmetic round
+    # differently: the logits may differ by about one int8 step of the output range, not more
+    assert q["ort_vs_native_max_abs"] <= 2 * q["native_max_abs_output"] / 127, q
+    assert base["ort_vs_native_max_abs"] < 1e-4  # the fp32 baseline file computes what the native model does
+    assert q["acc_drop_points"] <= 2.0, (base["ort_test_acc"], q["ort_test_acc"])
+    if pipeline == "dynamic":  # Linear weights only: fc is 32*10 of the cnn's 5178 parameters
+        assert q["weight_bytes"] < base["weight_bytes"]
+    else:
+        assert q["weight_bytes_ratio"] < 0.33, q["weight_bytes_ratio"]
+        assert q["size_ratio"] < 0.7

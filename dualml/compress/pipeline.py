@@ -49,6 +49,10 @@ class Step:
     @property
     def label(self) -> str:
         shown = {k: v for k, v in self.params.items() if v is not None and k != "student"}
+        if self.name == "quantize":  # only what the mode reads
+            unused = {"qat": ("calib_batches",), "static": ("epochs", "lr")}.get(shown.get("mode"),
+                                                                                ("calib_batches", "epochs", "lr"))
+            shown = {k: v for k, v in shown.items() if k not in unused}
         if self.params.get("student"):
             shown["student"] = dict(self.params["student"]).get("name")
         args = ", ".join(f"{k}={v}" for k, v in shown.items())
@@ -338,30 +342,36 @@ def _measure(state: State, ctx: Context, path: Path) -> dict[str, Any]:
     from ..build import build
     from ..module import manifest
     from ..onnx_export import eager, export_model
-    from ..quantize import evaluate_onnx
+    from ..quantize import initializer_bytes, onnx_logits
     from .measure import count_params, flops, nonzero_params
 
     test = ctx.dataset.test
     sample = np.ascontiguousarray(test.x[:8])
     if state.qnet is None:
         net = build(state.model, ctx.backend, weights=state.weights)
-        native_acc = float((eager(net, ctx.backend, test.x).argmax(1) == test.y).mean())
+        native = eager(net, ctx.backend, test.x)
         export_model(state.model, ctx.backend, state.weights, path, sample, metadata={"stage": path.stem})
     else:
         from ..backend import get_backend
         from . import quantization as Q
 
-        native_acc = float(Q.evaluate_native(state.qnet, ctx.backend, test.x, test.y))
+        native = Q.native_logits(state.qnet, ctx.backend, test.x)
         get_backend(ctx.backend).export_quantized_onnx(state.qnet, sample, str(path))
+    ran = onnx_logits(ort.session(path), test.x)
     ops = ort.op_histogram(path)
     f = flops(state.model, (1, *test.x.shape[1:]))
     data = path.read_bytes()
     trainable = [k for k, v in manifest(state.model).items() if v.trainable]
     return {"params": count_params(state.model), "nonzero_params": nonzero_params(state.weights, trainable),
             "macs": f["macs"], "flops": f["flops"], "onnx_bytes": len(data),
-            "onnx_gzip_bytes": len(gzip.compress(data)),
-            "native_test_acc": native_acc, "ort_test_acc": evaluate_onnx(path, test.x, test.y)["accuracy"],
-            "quantized": state.quant_mode, "int8_ops": sum(v for k, v in ops.items() if "Quant" in k or "QLinear" in k
+            "onnx_gzip_bytes": len(gzip.compress(data)), "weight_bytes": initializer_bytes(path),
+            "native_test_acc": float((native.argmax(1) == test.y).mean()),
+            "ort_test_acc": float((ran.argmax(1) == test.y).mean()),
+            # how closely the file computes what the native model computes (int8 arithmetic differs by rounding)
+            "ort_vs_native_max_abs": float(np.abs(ran - native).max()),
+            "ort_vs_native_disagree": int((ran.argmax(1) != native.argmax(1)).sum()),
+            "native_max_abs_output": float(np.abs(native).max()),
+            "quantized": state.quant_mode, "int8_ops": sum(v for k, v in ops.items() if "quant" in k.lower() or "QLinear" in k
                                                          or k in ("MatMulInteger", "ConvInteger")),
             "onnx": str(path)}
 
@@ -424,19 +434,21 @@ def run_pipeline(cfg: Any, out: Path) -> dict[str, Any]:
         r["acc_drop_points"] = 100.0 * (base["ort_test_acc"] - r["ort_test_acc"])
         r["flops_cut"] = 1.0 - r["flops"] / base["flops"]
         r["size_ratio"] = r["onnx_bytes"] / base["onnx_bytes"]
+        r["weight_bytes_ratio"] = r["weight_bytes"] / base["weight_bytes"]
         r["params_ratio"] = r["params"] / base["params"]
     return {"pipeline": str(spec.name), "backend": backend, "model": name, "model_config": params,
             "data": OmegaConf.to_container(cfg.data, resolve=True), "stages": rows}
 
 
 def table(report: dict[str, Any]) -> str:
-    head = ("| stage | params | nonzero | MFLOPs | ONNX KiB | gzip KiB | acc native | acc ORT | drop pts | "
-            "ORT ms b1 | b64 |")
+    head = ("| stage | params | nonzero | MFLOPs | ONNX KiB | weights KiB | gzip KiB | acc native | acc ORT | "
+            "drop pts | ORT ms b1 | b64 |")
     lines = [f"## {report['pipeline']}: {report['model']} on {report['backend']}", "", head,
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["stages"]:
         lines.append(f"| {r['stage']} | {r['params']} | {r['nonzero_params']} | {r['flops'] / 1e6:.3f} | "
-                     f"{r['onnx_bytes'] / 1024:.1f} | {r['onnx_gzip_bytes'] / 1024:.1f} | {r['native_test_acc']:.4f} | "
+                     f"{r['onnx_bytes'] / 1024:.1f} | {r['weight_bytes'] / 1024:.1f} | "
+                     f"{r['onnx_gzip_bytes'] / 1024:.1f} | {r['native_test_acc']:.4f} | "
                      f"{r['ort_test_acc']:.4f} | {r['acc_drop_points']:+.2f} | {r['latency_ms_b1']:.3f} | "
                      f"{r['latency_ms_b64']:.3f} |")
     return "\n".join(lines) + "\n"

@@ -84,14 +84,18 @@ def qat_train(net: Any, backend: str, dataset: Any, epochs: int, lr: float, batc
     return be.convert_qat(qat)
 
 
-def evaluate_native(qnet: Any, backend: str, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
-    """Top-1 accuracy of a native (quantized or not) model on ``x``/``y``, in eval mode."""
+def native_logits(qnet: Any, backend: str, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Outputs of a native (quantized or not) model on ``x`` in eval mode, batch by batch."""
     be = get_backend(backend)
     be.set_train(qnet, False)
     with be.no_grad():
-        logits = np.concatenate([be.numpy(qnet(be.tensor(np.ascontiguousarray(x[i:i + batch_size]))))
-                                 for i in range(0, len(x), batch_size)])
-    return float((logits.argmax(axis=1) == np.asarray(y)).mean())
+        return np.concatenate([be.numpy(qnet(be.tensor(np.ascontiguousarray(x[i:i + batch_size]))))
+                               for i in range(0, len(x), batch_size)])
+
+
+def evaluate_native(qnet: Any, backend: str, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
+    """Top-1 accuracy of a native (quantized or not) model on ``x``/``y``, in eval mode."""
+    return float((native_logits(qnet, backend, x, batch_size).argmax(axis=1) == np.asarray(y)).mean())
 
 
 # ---------------------------------------------------------------------------- ONNX graph surgery
