@@ -22,15 +22,16 @@ COMMANDS = {
     "serve": "serve an ONNX model over HTTP with request batching: `dualml serve model.onnx`",
     "compress": "run the compression pipeline `compress` (configs/compress/*.yaml) on `backend`, measure each pass",
     "bench": "measure `model` on torch and paddle side by side (train step, eager/ORT latency, memory, export, INT8)",
+    "decide": "score the decision matrix `decision` (configs/decision/*.yaml) from the bench report; pick a backend",
     "config": "print the resolved config",
 }
 #: commands implemented outside this file ("module:function"), imported only when run
 EXTERNAL = {"export": "dualml.onnx_export:cmd_export", "predict": "dualml.serve:cmd_predict",
             "serve": "dualml.serve:cmd_serve", "compress": "dualml.compress.pipeline:cmd_compress",
-            "bench": "dualml.bench:cmd_bench"}
+            "bench": "dualml.bench:cmd_bench", "decide": "dualml.decide:cmd_decide"}
 #: commands whose own config section's keys may be given bare (``out=m.onnx`` = ``export.out=m.onnx``);
 #: a bare word (no ``=``) is that section's ``model``
-SECTIONS = {"export": "export", "predict": "predict", "serve": "serve"}
+SECTIONS = {"export": "export", "predict": "predict", "serve": "serve", "decide": "decide"}
 
 
 def _write_report(cfg: DictConfig, name: str, report: dict[str, Any], md: str | None = None) -> Path:

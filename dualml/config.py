@@ -13,7 +13,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .errors import ConfigError, did_you_mean, not_allowed
 
-GROUPS = ("model", "data", "trainer", "compress")
+GROUPS = ("model", "data", "trainer", "compress", "decision")
 
 
 def config_dir() -> Path:
@@ -79,8 +79,12 @@ def _check_type(key: str, old: Any, new: Any) -> None:
         raise ConfigError(f"{key}={new!r} is not allowed; expected {kind}")
 
 
-def load_config(overrides: Sequence[str] = (), root: str | os.PathLike | None = None) -> DictConfig:
-    """The resolved config: root file, selected group files, then overrides, validated."""
+def load_config(overrides: Sequence[str] = (), root: str | os.PathLike | None = None,
+                resolve_auto: bool = True) -> DictConfig:
+    """The resolved config: root file, selected group files, then overrides, validated. ``backend=auto``
+    becomes the latest decision's pick here (``dualml.decide.resolve_auto``, which decides first, and
+    benchmarks first, when there is nothing to go on), so every command and the Trainer see a real
+    backend; ``resolve_auto=False`` leaves it as ``auto``."""
     root = Path(root) if root else config_dir()
     base = OmegaConf.load(root / "config.yaml")
     defaults = dict(base.pop("defaults", {}))
@@ -110,14 +114,18 @@ def load_config(overrides: Sequence[str] = (), root: str | os.PathLike | None = 
         _check_type(key, OmegaConf.to_object(old) if isinstance(old, (DictConfig, ListConfig)) else old, new)
         OmegaConf.update(base, key, new, merge=False)
     validate(base)
+    if base.backend == "auto" and resolve_auto:
+        from .decide import resolve_auto as resolve
+
+        resolve(base)
     return base
 
 
 def validate(cfg: DictConfig) -> None:
     from .backend import available_backends
 
-    allowed = [*available_backends(), "auto"]
-    for key in ("backend", "parity.against"):
+    # only `backend` can be auto: parity.against names the second backend explicitly
+    for key, allowed in (("backend", [*available_backends(), "auto"]), ("parity.against", available_backends())):
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(not_allowed(key, value, allowed))
