@@ -37,6 +37,7 @@ report gone or re-run), running the bench when no report exists. This module imp
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import json
@@ -383,7 +384,8 @@ def run_bench(cfg: Any, path: Path) -> None:
                           "pass decide.bench=FILE") from exc
     print(f"no bench report at {path}: running `dualml bench model={cfg.model.name}` first "
           "(or pass decide.bench=FILE, or decide.bench=latest for the newest report of any model)", file=sys.stderr)
-    rc = bench.cmd_bench(cfg)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout stays the command's own (`dualml config` prints YAML)
+        rc = bench.cmd_bench(cfg)
     if rc != 0:
         raise DualmlError(f"`dualml bench model={cfg.model.name}` failed (exit {rc}); no decision without it")
     if not path.is_file():
@@ -459,6 +461,8 @@ def write_decision(decision: dict[str, Any], path: Path) -> dict[str, Path]:
 
 
 def markdown(decision: dict[str, Any]) -> str:
+    """The table (weight, score and weighted score per backend, totals), the pick, the sensitivity and
+    the measurements behind the measured scores, so the decision can be checked from the page alone."""
     bs = decision["backends"]
     lines = [f"## Decision matrix `{decision['matrix']}` (threshold {decision['threshold']:g})", "",
              "| criterion | source | weight | " + " | ".join(f"{b} score | {b} weighted" for b in bs) + " |",

@@ -342,11 +342,14 @@ def test_backend_auto_resolves_through_the_latest_decision(tmp_path, capsys, mon
 def test_backend_auto_runs_bench_and_decides_when_nothing_exists(tmp_path, monkeypatch, capsys):
     def cmd_bench(cfg):
         write_bench(tmp_path, model=cfg.model.name)
+        print("| the bench table |")
         return 0
     monkeypatch.setitem(sys.modules, "dualml.bench", types.SimpleNamespace(cmd_bench=cmd_bench))
     cfg = load_config(["backend=auto", "model=cnn", f"out_dir={tmp_path}"])
     assert cfg.backend == "torch" and (tmp_path / "decide" / "decision.json").is_file()
-    assert "running `dualml bench model=cnn` first" in capsys.readouterr().err
+    out = capsys.readouterr()
+    assert out.out == ""   # the bench's table goes to stderr: `dualml config backend=auto` stdout stays YAML
+    assert "running `dualml bench model=cnn` first" in out.err and "| the bench table |" in out.err
 
 
 def test_parity_against_cannot_be_auto():
