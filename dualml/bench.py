@@ -24,6 +24,21 @@ Why it runs the way it does:
   would compare exporters, not the frameworks running the model. ``rss_end_mb`` has the final figure.
 * **A failed measurement is data, not a crash**: an export or quantization that fails is recorded
   (``ok: false`` and the error), its timings are null, and the rest is still measured.
+
+The report (``report.json``; ``dualml decide`` depends on these keys, more may be added)::
+
+    {model, data, repeats, created, machine, model_config, settings, elapsed_s,
+     backends: {torch|paddle: {train_step_ms, eager_ms_b1, eager_ms_b64, ort_ms_b1, ort_ms_b64,
+                               int8_static_ms_b1: STATS | null,
+                               peak_rss_mb, rss_baseline_mb, peak_rss_delta_mb, rss_end_mb,
+                               export: {ok, seconds, exporter, error, ort_max_abs, ...},
+                               int8: {dynamic, static, static_ms_b1, errors},
+                               weights_bytes, onnx_bytes, inputs, inputs_note, threads, ...}},
+     parity: {eager_max_abs, onnx_max_abs, weights_identical, inputs},
+     ratios: {<measurement>_torch_over_paddle: ratio of medians | null, peak_rss_mb_..., onnx_bytes_..., ...},
+     ratio_spread: {<measurement>_torch_over_paddle: {p10, median, p90} of the per-round ratios}}
+
+STATS is :func:`dualml.timing.stats_ms` (``median_ms, p10_ms, p90_ms, iqr_ms, n``) over the rounds.
 """
 from __future__ import annotations
 
@@ -172,9 +187,10 @@ def _rows(x: np.ndarray, n: int) -> np.ndarray:
     return _batch(x, n)
 
 
-def _dataset(cfg: Any, model: Any, batch_size: int) -> tuple[Any, str]:
+def _dataset(cfg: Any, model: Any, batch_size: int) -> tuple[Any, str, str | None]:
     """The configured data when it fits the model; otherwise random inputs from the model's input spec
-    (the timing does not depend on values), so every zoo model can be benchmarked with any data."""
+    (the timing does not depend on values), so every zoo model can be benchmarked with any data.
+    Returns the data set, its source (``data NAME`` or ``random``) and why the data was not used."""
     from omegaconf import OmegaConf
 
     from .data import Dataset, Split, load_dataset
@@ -184,7 +200,7 @@ def _dataset(cfg: Any, model: Any, batch_size: int) -> tuple[Any, str]:
         ds = load_dataset(OmegaConf.to_container(cfg.data, resolve=True), input_shape=tuple(spec.shape[1:]),
                           seed=cfg.seed)
         if str(ds.train.x.dtype) == str(spec.dtype):
-            return ds, f"data {ds.name}"
+            return ds, f"data {ds.name}", None
         reason = f"its samples are {ds.train.x.dtype}, the model takes {spec.dtype}"
     except ConfigError as exc:
         reason = str(exc)
@@ -194,8 +210,8 @@ def _dataset(cfg: Any, model: Any, batch_size: int) -> tuple[Any, str]:
     def split(n: int) -> Split:
         return Split(model.input_spec(n)[0].sample(rng), rng.integers(0, classes, n).astype(np.int64))
     n = max(2 * batch_size, max(BATCHES))
-    return Dataset("random", split(n), split(max(BATCHES)), split(max(BATCHES)), classes), \
-        f"random inputs from the model's input spec (data {cfg.data.name} does not fit: {reason})"
+    return (Dataset("random", split(n), split(max(BATCHES)), split(max(BATCHES)), classes), "random",
+            f"data {cfg.data.name} does not fit the model ({reason}): inputs drawn from the model's input spec")
 
 
 class _Worker:
@@ -205,7 +221,6 @@ class _Worker:
         self.cfg, self.backend, self.tmp, self.send = cfg, backend, tmp, send
         self.opts = check_options(cfg.bench)
         self.fns: dict[str, Callable[[], Any]] = {}
-        self.errors: dict[str, str] = {}
         self.result: dict[str, Any] = {}
 
     def _phase(self, name: str) -> None:
@@ -236,12 +251,16 @@ class _Worker:
         name, params = model_params(cfg)
         model = create_model(name, **params)
         batch_size = int(cfg.data.get("batch_size", 64))
-        ds, source = _dataset(cfg, model, batch_size)
+        ds, source, note = _dataset(cfg, model, batch_size)
         baseline = _rss_mb()
         self._phase("import")
 
         trainer = Trainer(cfg, model=model, dataset=ds, write=False, progress=False)
-        x, y = next(iter(trainer.loader))
+        batch = next(iter(trainer.loader), None)
+        if batch is None:
+            raise ConfigError(f"data.batch_size={batch_size} is larger than the train split ({len(ds.train)} samples); "
+                              "the train step is timed on one full batch")
+        x, y = batch
 
         def train_step() -> None:
             trainer.step %= trainer.total_steps  # the learning-rate table covers one run; timing may run past it
@@ -259,11 +278,13 @@ class _Worker:
         peak = _rss_mb()
         np.save(self.tmp / f"{b}-eager.npy", self.fns[f"eager_b{max(BATCHES)}"]())
         native = get_weights(net)
-        wpath = save_weights(self.tmp / f"{b}.safetensors", native, {"model": name, "backend": b})
+        wpath = save_weights(self.tmp / f"{b}.safetensors", native, {"model": name})  # same header on both
         self._phase("eager")
 
         onnx_path = self.tmp / f"{name}-{b}.onnx"
         export, full = export_record(model, b, weights, onnx_path, inputs[max(BATCHES)][:8], {"model": name})
+        if export["error"]:
+            export["error"] = export["error"].replace(f"{self.tmp}{os.sep}", "")
         if full is not None:
             sess = ort.session(onnx_path, threads=opts["threads"])
             for n in BATCHES:
@@ -289,7 +310,7 @@ class _Worker:
                     fn = ort_call(qsess, inputs[1])
                     fn()  # loading is not enough: the quantized graph must also run
                 except Exception as exc:  # quantizer and runtime failures are findings of the benchmark
-                    int8["errors"][mode] = _error(exc)
+                    int8["errors"][mode] = _error(exc).replace(f"{self.tmp}{os.sep}", "")  # temp dir goes away
                     continue
                 int8[mode] = True
                 if mode == "static":
@@ -298,7 +319,7 @@ class _Worker:
         self._phase("int8")
 
         self.result = {
-            "inputs": source, "train_batch_size": trainer.batch_size, "threads": threads(b),
+            "inputs": source, "inputs_note": note, "train_batch_size": trainer.batch_size, "threads": threads(b),
             "framework_version": get_backend(b).version,
             "rss_baseline_mb": baseline, "peak_rss_mb": peak, "peak_rss_delta_mb": peak - baseline,
             "export": export, "int8": int8, "weights_bytes": wpath.stat().st_size,
@@ -415,9 +436,9 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def run_bench(cfg: Any, log_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Start both workers (one after the other, so a set-up never competes with the other's export
+    """Start both workers (one after the other, so one's set-up never competes with the other's export
     timing), time ``bench.repeats`` rounds alternating the backend that goes first, and assemble the
-    report (schema in the module docstring of ``dualml decide``'s input: see README)."""
+    report (keys: see the module docstring). Worker output goes to ``log_dir/<backend>.log``."""
     from omegaconf import OmegaConf
     from tqdm import tqdm
 
@@ -549,7 +570,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", f"Parity ({p['inputs']}, same canonical weights, identical: {p['weights_identical']}): eager "
               f"max |{a} - {b}| = {_fmt(p['eager_max_abs'], '.2e')}; ONNX Runtime on the two exports: "
               f"{_fmt(p['onnx_max_abs'], '.2e')}.", "",
-              f"Inputs: {be[a]['inputs']}. Machine: {m['platform']}, {m['cpu_count']} CPUs, python {m['python']}, "
+              f"Inputs: {be[a]['inputs']}" + (f" ({be[a]['inputs_note']})" if be[a]["inputs_note"] else "")
+              + f". Machine: {m['platform']}, {m['cpu_count']} CPUs, python {m['python']}, "
               f"torch {m['torch']}, paddle {m['paddle']}, onnxruntime {m['onnxruntime']}; 1-min load average "
               f"{m['loadavg_1m_start']:.2f} at start, {m['loadavg_1m_end']:.2f} at end. "
               f"Total {report['elapsed_s']:.0f} s.", ""]

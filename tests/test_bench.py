@@ -6,6 +6,7 @@ import json
 import math
 import re
 
+import numpy as np
 import pytest
 
 from dualml.bench import _dataset
@@ -46,7 +47,7 @@ def test_report_has_the_schema_for_both_backends(bench):
         assert e["exporter"] == {"torch": "dynamo", "paddle": "paddle2onnx"}[b]
         assert r["int8"]["dynamic"] is True and r["int8"]["static"] is True and r["int8"]["static_ms_b1"] > 0
         assert r["weights_bytes"] > 0 and r["onnx_bytes"] > 0
-        assert r["threads"] == 1
+        assert r["threads"] == 1 and r["inputs"] == "data digits" and r["inputs_note"] is None
     assert report["parity"]["eager_max_abs"] < 1e-5 and report["parity"]["onnx_max_abs"] < 1e-5
     assert report["parity"]["weights_identical"] is True
     for key in RATIOS:
@@ -77,6 +78,23 @@ def test_bad_settings_are_one_line(override, key, capsys):
 
 def test_model_that_does_not_fit_the_data_gets_random_inputs():
     cfg = load_config(["model=transformer", "data=digits"])
-    ds, source = _dataset(cfg, create_model("transformer", vocab_size=1000, seq_len=8), 64)
-    assert source.startswith("random inputs") and "digits" in source
+    ds, source, note = _dataset(cfg, create_model("transformer", vocab_size=1000, seq_len=8), 64)
+    assert source == "random" and "data digits does not fit" in note
     assert ds.train.x.dtype.name == "int64" and ds.train.x.shape[1:] == (8,) and len(ds.train.y) >= 64
+
+
+def test_failed_export_is_recorded_not_raised(tmp_path):
+    from dualml.bench import export_record
+
+    model = create_model("mlp")
+    sample = model.input_spec(2)[0].sample(np.random.default_rng(0))
+    record, full = export_record(model, "torch", {}, tmp_path / "m.onnx", sample)  # no weights: build fails
+    assert full is None and record["ok"] is False and record["ort_max_abs"] is None and record["exporter"] is None
+    assert "WeightsError" in record["error"] and record["seconds"] >= 0 and not (tmp_path / "m.onnx").exists()
+
+
+def test_worker_failure_is_one_line(tmp_path, capsys):
+    assert main(["bench", "model=mlp", "data.batch_size=100000", f"out_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: bench worker for torch failed: ConfigError: data.batch_size=100000 is larger")
+    assert (tmp_path / "bench" / "mlp" / "logs" / "torch.log").exists()
