@@ -368,8 +368,8 @@ def get_backend(name: str) -> Backend:
         return _LOADED[name]
     names = available_backends()
     if name == "auto":
-        raise BackendError("backend=auto is not available yet: it will resolve through the weighted "
-                           "decision matrix (`dualml decide`); choose backend=torch or backend=paddle")
+        raise BackendError("backend=auto is resolved by dualml.config.load_config (through the latest "
+                           "`dualml decide`), not by get_backend; pass the resolved backend=torch or backend=paddle")
     if name not in names:
         raise BackendError(not_allowed("backend", name, names))
     try:

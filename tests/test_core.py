@@ -172,7 +172,7 @@ def test_paddle_jit_save_accepts_built_model(tmp_path):
     (["config", "backend=tf"], "backend=tf is not allowed; allowed: auto, paddle, torch"),
     (["config", "parity.atoll=1"], "did you mean 'parity.atol'"),
     (["config", "model=cnnn"], "did you mean 'cnn'"),
-    (["parity", "backend=auto"], "backend=auto is not available yet"),
+    (["config", "backend=auto", "decision.criteria.performance.weight=0.3"], "decision weights sum to 1.05"),
     (["config", "seed=abc"], "seed='abc' is not allowed; expected an integer"),
     (["pairty"], "did you mean 'parity'"),
 ])

@@ -371,8 +371,9 @@ def _measure(state: State, ctx: Context, path: Path) -> dict[str, Any]:
             "ort_vs_native_max_abs": float(np.abs(ran - native).max()),
             "ort_vs_native_disagree": int((ran.argmax(1) != native.argmax(1)).sum()),
             "native_max_abs_output": float(np.abs(native).max()),
-            "quantized": state.quant_mode, "int8_ops": sum(v for k, v in ops.items() if "quant" in k.lower() or "QLinear" in k
-                                                         or k in ("MatMulInteger", "ConvInteger")),
+            "quantized": state.quant_mode,
+            "int8_ops": sum(v for k, v in ops.items() if "quant" in k.lower() or "QLinear" in k
+                            or k in ("MatMulInteger", "ConvInteger")),
             "onnx": str(path)}
 
 
