@@ -23,12 +23,14 @@ COMMANDS = {
     "compress": "run the compression pipeline `compress` (configs/compress/*.yaml) on `backend`, measure each pass",
     "bench": "measure `model` on torch and paddle side by side (train step, eager/ORT latency, memory, export, INT8)",
     "decide": "score the decision matrix `decision` (configs/decision/*.yaml) from the bench report; pick a backend",
+    "estimate": "memory formula for training `model` at data.batch_size, term by term, next to the measured peak",
     "config": "print the resolved config",
 }
 #: commands implemented outside this file ("module:function"), imported only when run
 EXTERNAL = {"export": "dualml.onnx_export:cmd_export", "predict": "dualml.serve:cmd_predict",
             "serve": "dualml.serve:cmd_serve", "compress": "dualml.compress.pipeline:cmd_compress",
-            "bench": "dualml.bench:cmd_bench", "decide": "dualml.decide:cmd_decide"}
+            "bench": "dualml.bench:cmd_bench", "decide": "dualml.decide:cmd_decide",
+            "estimate": "dualml.estimate:cmd_estimate"}
 #: commands whose own config section's keys may be given bare (``out=m.onnx`` = ``export.out=m.onnx``);
 #: a bare word (no ``=``) is that section's ``model``
 SECTIONS = {"export": "export", "predict": "predict", "serve": "serve", "decide": "decide"}
