@@ -34,6 +34,9 @@ bench: venv
 	$(BIN)/python benchmarks/bench_trainer.py
 	$(BIN)/python benchmarks/bench_onnx.py
 	$(BIN)/python benchmarks/bench_serve.py
+	$(BIN)/python benchmarks/bench_compress.py
+	$(BIN)/dualml bench model=cnn
+	$(BIN)/dualml decide model=cnn
 
 clean:
 	rm -rf $(VENV) reports *.egg-info
