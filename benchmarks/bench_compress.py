@@ -13,13 +13,14 @@ torch,paddle] [--out reports/bench]``. Writes ``compress.json``, ``compress.md``
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import tempfile
 import zlib  # noqa: F401  - before paddle
 from pathlib import Path
 from typing import Any
+
+from dualml.checkpoint import png_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import atomic_write, machine_info  # noqa: E402
@@ -87,10 +88,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle("compression on digits: o torch, s paddle (dashed: a baseline)")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    atomic_write(path, png_bytes(fig))
 
 
 def main(argv: list[str] | None = None) -> int:

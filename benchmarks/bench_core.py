@@ -237,9 +237,9 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def plot(report: dict[str, Any]) -> bytes:
-    import io
-
     import matplotlib
+
+    from dualml.checkpoint import png_bytes
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -256,10 +256,7 @@ def plot(report: dict[str, Any]) -> bytes:
     ax.set_title("dualml overhead (1.0 = none)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=120)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

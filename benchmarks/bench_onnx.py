@@ -143,12 +143,9 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     ax.set_title("eager vs ONNX Runtime, 1 thread")
     ax.legend()
     fig.tight_layout()
-    import io
+    from dualml.checkpoint import png_bytes
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    atomic_write(path, png_bytes(fig))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import io
 import json
 import math
 import os
@@ -65,6 +64,7 @@ from _common import atomic_write, run_workers, threads
 from tqdm import tqdm
 
 import dualml
+from dualml.checkpoint import png_bytes
 
 BACKENDS = ("torch", "paddle")
 MODELS = ("mlp", "cnn")
@@ -442,10 +442,7 @@ def plot(report: dict[str, Any]) -> bytes:
     b.set_title("trainer.amp=bf16 (< 1 = faster)")
     b.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=120)
 
 
 # ---------------------------------------------------------------------------------------------- processes

@@ -581,9 +581,9 @@ def markdown(report: dict[str, Any]) -> str:
 def plot(report: dict[str, Any]) -> bytes:
     """Grouped bars: each timed measurement's median per backend, p10-p90 as error bars (log scale:
     a training step and a batch-1 call differ by orders of magnitude)."""
-    import io
-
     import matplotlib
+
+    from .checkpoint import png_bytes
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -604,10 +604,7 @@ def plot(report: dict[str, Any]) -> bytes:
     ax.set_title(f"dualml bench: {report['model']} on {report['data']}, {report['settings']['threads']} thread(s)")
     ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def cmd_bench(cfg: Any) -> int:

@@ -19,6 +19,19 @@ from . import __version__
 from .errors import WeightsFileError
 
 
+def png_bytes(fig: Any, dpi: int = 110) -> bytes:
+    """A matplotlib figure as PNG bytes, closing it: reports write the bytes atomically, so a crash
+    never leaves a half-drawn PNG beside a complete JSON."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` so that ``path`` is either the old file or the complete new one, never half."""
     path = Path(path)

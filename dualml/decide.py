@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import io
 import json
 import math
 import sys
@@ -49,6 +48,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import png_bytes
 from .errors import ConfigError, DualmlError, check_keys, did_you_mean, not_allowed
 
 #: criterion -> the mapping that measures it (None: a judgement, only ``source: config``)
@@ -540,10 +540,7 @@ def plot(decision: dict[str, Any], path: Path) -> None:
                                                            else "none qualifies"), fontsize=10)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2, frameon=False)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, png_bytes(fig))
 
 
 def cmd_decide(cfg: Any) -> int:

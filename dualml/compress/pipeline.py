@@ -457,9 +457,9 @@ def table(report: dict[str, Any]) -> str:
 
 def plot(report: dict[str, Any], path: Path) -> None:
     """Accuracy against file size and against latency, one point per stage."""
-    import io
-
     import matplotlib
+
+    from ..checkpoint import png_bytes
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -480,10 +480,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle(f"{report['pipeline']}: {report['model']} on {report['backend']}")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, png_bytes(fig))
 
 
 def cmd_compress(cfg: Any) -> int:
