@@ -375,7 +375,8 @@ class Trainer:
                     self._append_csv("steps.csv", row)
                     if writer:
                         for k in ("loss", "lr", "grad_norm", "acc"):
-                            writer.add_scalar(f"train/{k}", row[k], self.step)
+                            if math.isfinite(row[k]):  # grad_norm is NaN unless clipping computes it
+                                writer.add_scalar(f"train/{k}", row[k], self.step)
                     run_loss, run_acc, n = run_loss + row["loss"], run_acc + row["acc"], n + 1
                     bar.update(1)
                     # refresh=False: tqdm redraws on its own clock; forcing a redraw every step costs ~45 us
