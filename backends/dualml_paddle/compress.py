@@ -9,8 +9,6 @@ code, so both backends build the identical pruned model.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import zlib  # noqa: F401  - before paddle, see __init__
 from typing import Any
@@ -18,21 +16,7 @@ from typing import Any
 import numpy as np
 
 from dualml.errors import BackendError
-
-
-@contextlib.contextmanager
-def _quiet():
-    """PaddleSlim logs every group it finds and every variable it plans at INFO."""
-    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith("paddleslim")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        for lg, lv in zip(loggers, levels):
-            lg.setLevel(lv)
+from dualml.quiet import quiet
 
 
 class PaddleCompress:
@@ -46,7 +30,7 @@ class PaddleCompress:
         leaves = native_leaves(net)
         owner = {p.name: path for path, leaf in leaves.items() for p in leaf.parameters()}
         shape = [int(s) for s in inputs.shape]
-        with _quiet():
+        with quiet(("paddleslim",), logging.WARNING):
             if method == "fpgm":
                 pruner = FPGMFilterPruner(net, shape, skip_leaves=False)
             else:
@@ -55,7 +39,7 @@ class PaddleCompress:
         out = {}
         for path, ratio in ratios.items():
             name = leaves[path].weight.name
-            with _quiet():
+            with quiet(("paddleslim",), logging.WARNING):
                 plan = pruner.prune_var(name, 0, ratio, apply=None)
             masks = [m for m in (plan.masks.get(name, []) if plan is not None else []) if m.dims == 0]
             if not masks:

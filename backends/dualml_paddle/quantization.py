@@ -35,9 +35,7 @@ weights and input scale), so the file computes what the native model computes.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import logging
 import os
 import tempfile
@@ -48,36 +46,24 @@ import numpy as np
 import paddle
 
 from dualml.errors import BackendError
+from dualml.quiet import quiet
+
+# PaddleSlim prints and logs on every call (deprecation notes, observer progress): the calls run in
+# dualml.quiet.quiet(level=logging.ERROR)
 
 #: weight precision of static and QAT (see the module docstring); dynamic (weight-only) uses 8
 WEIGHT_BITS = 7
 
 
 def _example(net: Any, sample: np.ndarray | None = None) -> Any:
-    if sample is None:
-        model = getattr(net, "_dualml_model", None)
-        if model is None:
-            raise BackendError(f"{type(net).__name__} was not built by dualml.build: quantization needs an example "
-                               "input to run it")
-        sample = model.input_spec(2)[0].sample(np.random.default_rng(0))
-    return paddle.to_tensor(np.ascontiguousarray(sample))
+    from dualml.compress.quantization import example_input
+
+    return paddle.to_tensor(example_input(net, sample))
 
 
 def _tag(qnet: Any, mode: str, tool: str) -> Any:
     object.__setattr__(qnet, "_dualml_quant", {"mode": mode, "tool": tool})
     return qnet
-
-
-@contextlib.contextmanager
-def _quiet():
-    """PaddleSlim prints and logs per call (deprecation notes, observer progress)."""
-    level = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logging.disable(level)
 
 
 def _fold_bn(model: Any, x: Any) -> int:
@@ -172,7 +158,7 @@ class PaddleQuantization:
         ptq = PTQ(cfg)
         model = copy.deepcopy(net)
         model.eval()
-        with _quiet():
+        with quiet(level=logging.ERROR):
             q = ptq.quantize(model, inplace=True)
             if not _count_quanted(q):
                 raise BackendError(f"quantize mode=dynamic found no nn.Linear in {type(net).__name__} (the paddle "
@@ -190,7 +176,7 @@ class PaddleQuantization:
 
         model = copy.deepcopy(net)
         model.eval()
-        with _quiet():
+        with quiet(level=logging.ERROR):
             _fold_bn(model, _example(net, calibration[0][:4]))
             ptq = PTQ(_config(qat=False))
             q = ptq.quantize(model, inplace=True)
@@ -208,7 +194,7 @@ class PaddleQuantization:
         from paddle.quantization import QAT
 
         model = copy.deepcopy(net)
-        with _quiet():
+        with quiet(level=logging.ERROR):
             _fold_bn(model, _example(net))
             model.train()
             qat = QAT(_config(qat=True))
@@ -221,7 +207,7 @@ class PaddleQuantization:
         if qat is None:
             raise BackendError(f"{type(qat_net).__name__} did not come from prepare_qat")
         qat_net.eval()
-        with _quiet():
+        with quiet(level=logging.ERROR):
             qnet = qat.convert(qat_net, inplace=False, remain_weight=True)
         _as_8bit(qnet)
         return _tag(qnet, "qat", f"paddle {paddle.__version__} paddle.quantization.QAT with PaddleSlim "
@@ -250,7 +236,7 @@ class PaddleQuantization:
         with tempfile.TemporaryDirectory(prefix="dualml-paddle-qexport-") as tmp:
             prefix, raw = os.path.join(tmp, "model"), os.path.join(tmp, "raw.onnx")
             try:
-                with _quiet():
+                with quiet(level=logging.ERROR):
                     paddle.jit.save(qnet, prefix, input_spec=[spec])
             except Exception as exc:  # dy2static raises assorted types
                 text = (str(exc).strip().splitlines() or [""])[-1][:300]

@@ -6,8 +6,6 @@ produced the file and why.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import re
 from typing import Any
@@ -16,8 +14,11 @@ import numpy as np
 import torch
 
 from dualml.errors import ExportError
+from dualml.quiet import quiet
 
 #: opsets each exporter can write here (dynamo: 18 natively, lower through onnx's version converter)
+#: the exporters print progress and warnings; dualml prints its own summary
+_EXPORTER_LOGGERS = ("torch.onnx", "onnxscript", "torch.export", "torch._export")
 OPSETS = {"dynamo": (7, 22), "torchscript": (7, 20)}
 
 
@@ -45,7 +46,7 @@ class TorchExport:
                 tried.append(f"{kind}: opset {opset} outside {lo}..{hi}")
                 continue
             try:
-                with _quiet():
+                with quiet(_EXPORTER_LOGGERS, logging.ERROR):
                     if kind == "dynamo":
                         torch.onnx.export(net, (x,), path, input_names=["input"], output_names=["output"],
                                           dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
@@ -64,17 +65,3 @@ class TorchExport:
         raise ExportError(f"torch export of {type(net).__name__} failed ({'; '.join(tried)}); try {hint} or "
                           f"another export.opset (dynamo {OPSETS['dynamo']}, torchscript {OPSETS['torchscript']})")
 
-
-@contextlib.contextmanager
-def _quiet():
-    """The exporters print progress and warnings to stdout/logging; dualml prints its own summary."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "torch.export", "torch._export")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        for lg, lv in zip(loggers, levels):
-            lg.setLevel(lv)

@@ -44,14 +44,10 @@ QENGINE = "x86"
 
 
 def _example(net: Any, sample: np.ndarray | None) -> tuple[Any, ...]:
-    """FX's example inputs: the given sample, else one drawn from the dualml model's input spec."""
-    if sample is None:
-        model = getattr(net, "_dualml_model", None)
-        if model is None:
-            raise BackendError(f"{type(net).__name__} was not built by dualml.build: quantization needs an example "
-                               "input to trace it")
-        sample = model.input_spec(2)[0].sample(np.random.default_rng(0))
-    return (torch.from_numpy(np.ascontiguousarray(sample)),)
+    """FX's example inputs."""
+    from dualml.compress.quantization import example_input
+
+    return (torch.from_numpy(example_input(net, sample)),)
 
 
 def _tag(qnet: Any, mode: str, tool: str) -> Any:

@@ -34,6 +34,18 @@ def _require(backend: str, mode: str) -> Any:
     return be
 
 
+def example_input(net: Any, sample: np.ndarray | None = None) -> np.ndarray:
+    """The batch a quantizer traces or runs ``net`` on: ``sample`` when given, else one drawn from the
+    input spec of the dualml model ``net`` was built from (a natively written model has none)."""
+    if sample is None:
+        model = getattr(net, "_dualml_model", None)
+        if model is None:
+            raise BackendError(f"{type(net).__name__} was not built by dualml.build: quantization needs an example "
+                               "input to run it")
+        sample = model.input_spec(2)[0].sample(np.random.default_rng(0))
+    return np.ascontiguousarray(sample)
+
+
 def quantize(net: Any, backend: str, mode: str, calibration: Sequence[np.ndarray] | None = None) -> Any:
     """Post-training INT8 of a native model: ``dynamic`` (int8 Linear weights, no data) or ``static``
     (weights and activations, ranges from ``calibration``: float32 batches shaped like the input, from
