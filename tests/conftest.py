@@ -23,6 +23,18 @@ def tiny() -> TinyMLP:
     return TinyMLP()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch's second intra-op thread beside paddle on a shared 2-core machine only spins: small convs
+    and QAT steps measured 15-50x slower. Restored after the module."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(params=["torch", "paddle"])
 def backend(request) -> str:
     return request.param

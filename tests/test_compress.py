@@ -127,14 +127,13 @@ def test_compress_cli_runs_a_pipeline_and_reports(tmp_path):
     assert all(r["latency_ms_b1"] > 0 for r in report["stages"])
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 @pytest.mark.parametrize("backend, pipeline", [("torch", "ptq"), ("paddle", "qat"), ("paddle", "dynamic")])
 def test_quantize_pipeline_writes_int8_onnx_with_the_claimed_accuracy(backend, pipeline, tmp_path):
     """The quantize pass inside a pipeline: the exported stage holds int8 weights and quantization ops,
     ONNX Runtime reproduces the native int8 model's accuracy (the report's claim), and weight bytes fall."""
-    import torch
-
     from dualml.compress.pipeline import run_pipeline
-    torch.set_num_threads(1)  # beside paddle on 2 cores
+
     cfg = load_config([f"backend={backend}", "model=cnn", f"compress={pipeline}", "trainer.epochs=3",
                        "compress.latency_repeats=3", f"out_dir={tmp_path}"])
     report = run_pipeline(cfg, tmp_path)

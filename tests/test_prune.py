@@ -30,16 +30,7 @@ from dualml.compress.prune import (
 )
 from dualml.errors import ConfigError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small convs on a shared 2-core machine: torch's second thread only spins (measured 15x slower)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

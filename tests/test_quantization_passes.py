@@ -25,6 +25,8 @@ from dualml.errors import BackendError, ConfigError
 from dualml.quantize import calibration_batches, evaluate_onnx
 from dualml.trainer import Trainer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 torch = pytest.importorskip("torch")
 
 #: int8 ops whose presence proves the exported arithmetic changed, per mode
@@ -32,15 +34,6 @@ EXPECTED_OPS = {"static": {"QuantizeLinear", "DequantizeLinear"}, "qat": {"Quant
                 "dynamic": {"DequantizeLinear"}}
 ACC_DROP = 0.02  # measured <= 0.003 on this model
 QAT_LR = 1e-3
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """torch's two intra-op threads on a shared 2-core machine made each QAT step ~50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
