@@ -85,6 +85,14 @@ class Layer:
         """Canonical weights of this layer (name -> spec). Layers without weights return {}."""
         return {}
 
+    @property
+    def draws_random(self) -> bool:
+        """Whether train mode draws from the framework's RNG. The Trainer re-seeds that RNG from
+        (seed, step) before each step only when some layer does (reproducible masks, exact resume),
+        since seeding costs a few percent of a small model's step. Layers with a ``dropout`` rate are
+        covered here; a custom layer that draws random numbers otherwise must override this."""
+        return float(getattr(self, "dropout", 0.0)) > 0.0
+
     def check_input(self, shape: tuple[int, ...], dtype: str) -> str | None:
         """Return what this layer expects when ``shape``/``dtype`` cannot work, else None."""
         return None
@@ -383,6 +391,10 @@ class Dropout(Layer):
         if not 0.0 <= p < 1.0:
             raise ConfigError(f"Dropout: p={p} is not allowed; allowed: 0 <= p < 1")
         self.p = float(p)
+
+    @property
+    def draws_random(self) -> bool:
+        return self.p > 0.0
 
     @classmethod
     def examples(cls):

@@ -137,6 +137,30 @@ def test_dropout_train_semantics_documented(backend):
     assert np.array_equal(be.numpy(net(be.tensor(np.ones((3, 3), "float32")))), np.ones((3, 3)))
 
 
+def test_tensor_copies_unless_told_it_may_share(backend):
+    """copy=False is the Trainer's no-copy path for fresh batches: torch shares the array's memory
+    then (and only then); paddle.to_tensor always copies. Either way the values are the array's."""
+    be = dualml.get_backend(backend)
+    a = np.arange(6, dtype="float32").reshape(2, 3)
+    copied, maybe_shared = be.tensor(a), be.tensor(a, copy=False)
+    a[0, 0] = 42.0
+    assert be.numpy(copied)[0, 0] == 0.0
+    assert be.numpy(maybe_shared)[0, 0] == (42.0 if backend == "torch" else 0.0)
+    frozen = np.arange(3, dtype="int64")
+    frozen.flags.writeable = False  # torch cannot share a read-only array: it must copy, not warn
+    assert be.numpy(be.tensor(frozen, copy=False)).tolist() == [0, 1, 2]
+    if backend == "paddle":  # bfloat16 comes out of paddle as uint16 bits: numpy() must give float32 values
+        bf = be.tensor(np.array([1.5, -2.25], "float32")).astype("bfloat16")
+        assert be.numpy(bf).dtype == np.float32 and be.numpy(bf).tolist() == [1.5, -2.25]
+
+
+def test_only_layers_with_a_rate_draw_random_numbers():
+    assert nn.Dropout(0.3).draws_random and not nn.Dropout(0.0).draws_random
+    assert nn.MultiheadAttention(8, 2, dropout=0.1).draws_random
+    assert not nn.MultiheadAttention(8, 2).draws_random and not nn.Linear(3, 4).draws_random
+    assert nn.TransformerEncoderLayer(8, 2, 16).draws_random  # dropout 0.1 by default, as in torch
+
+
 def test_neutral_model_cannot_be_called_unbuilt(tiny):
     with pytest.raises(dualml.DualmlError, match="build it first"):
         tiny(np.zeros((1, 4)))

@@ -163,6 +163,29 @@ def test_early_stopping(backend):
     assert metrics["stopped_early"] and metrics["epochs"] == 3, metrics
 
 
+@pytest.mark.parametrize("backend", ["torch", "paddle"])
+def test_rng_is_reseeded_per_step_only_when_a_layer_draws_from_it(backend, monkeypatch):
+    """Dropout masks come from (seed, step), so equal seeds give equal runs and a resumed run draws
+    what the uninterrupted one would; without random layers the per-step seeding is skipped."""
+    def run(*extra: str) -> tuple[list[float], int]:
+        t = trainer(f"backend={backend}", "model=mlp", "trainer.max_steps=6", *extra)
+        calls = []
+        real = t.be.seed
+        monkeypatch.setattr(t.be, "seed", lambda s: (calls.append(s), real(s)))
+        t.fit()
+        monkeypatch.undo()
+        return [r["loss"] for r in t.history.steps], len(calls)
+
+    plain, plain_seeds = run()
+    a, a_seeds = run("model.dropout=0.5")
+    b, _ = run("model.dropout=0.5")
+    other, _ = run("model.dropout=0.5", "seed=1")
+    assert plain_seeds == 0 and a_seeds == 6
+    assert a == b, "same seed, same dropout masks"
+    assert a != plain
+    assert other != a
+
+
 def _train_cli(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "dualml", "train", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -170,8 +193,9 @@ def _train_cli(*args: str) -> subprocess.Popen:
 
 @pytest.mark.parametrize("backend", ["torch", "paddle"])
 def test_sigkill_then_resume_ends_with_the_same_weights(backend, tmp_path):
-    common = [f"backend={backend}", "model=cnn", "trainer.max_steps=120", "trainer.checkpoint_every=7",
-              "trainer.optimizer.name=adam"]
+    # dropout on: an exact resume then also needs the dropout masks drawn from (seed, step)
+    common = [f"backend={backend}", "model=cnn", "model.dropout=0.3", "trainer.max_steps=120",
+              "trainer.checkpoint_every=7", "trainer.optimizer.name=adam"]
     full = _train_cli(*common, f"trainer.run_dir={tmp_path / 'full'}")
     killed = _train_cli(*common, f"trainer.run_dir={tmp_path / 'killed'}")
     steps = tmp_path / "killed" / "steps.csv"

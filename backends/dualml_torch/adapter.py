@@ -52,12 +52,16 @@ class TorchBackend(TorchTraining, TorchDistributed, TorchExport, TorchCompress, 
         return {k: (p.grad.detach().numpy().copy() if p.grad is not None else np.zeros(tuple(p.shape), "float32"))
                 for k, p in module.named_parameters()}
 
-    def tensor(self, value: np.ndarray, requires_grad: bool = False) -> Any:
-        t = torch.from_numpy(np.array(value, copy=True))
+    def tensor(self, value: np.ndarray, requires_grad: bool = False, copy: bool = True) -> Any:
+        # from_numpy shares memory: without a copy a later write to the array would change the tensor
+        shareable = not copy and isinstance(value, np.ndarray) and value.flags.writeable and value.flags.c_contiguous
+        t = torch.from_numpy(value if shareable else np.array(value, copy=True))
         return t.requires_grad_(True) if requires_grad and t.is_floating_point() else t
 
     def numpy(self, tensor: Any) -> np.ndarray:
-        t = tensor.detach().cpu()
+        t = tensor.detach()
+        if not t.is_cpu:
+            t = t.cpu()
         return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
     def memory_order(self, tensor: Any) -> str:
