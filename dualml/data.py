@@ -108,7 +108,9 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
 
     d = load_digits()
-    return (d.images / 16.0).astype(np.float32), d.target.astype(np.int64)
+    x = d.images.astype(np.float32)  # scaled in float32: no second float64 copy of the table while loading
+    x /= np.float32(16.0)
+    return x, d.target.astype(np.int64)
 
 
 def _arrays(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -157,10 +159,11 @@ def _clean(where: str, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
     if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
         raise ConfigError(f"{where}: x must be [n, *sample_shape] and y [n] with the same n; "
                           f"got x {x.shape} and y {y.shape}")
+    # copy=False: a source already in the final dtype is not duplicated while loading
     if np.issubdtype(x.dtype, np.floating):
-        x = x.astype(np.float32)
+        x = x.astype(np.float32, copy=False)
     elif np.issubdtype(x.dtype, np.integer):
-        x = x.astype(np.int64)
+        x = x.astype(np.int64, copy=False)
     else:
         raise ConfigError(f"{where}: x has dtype {x.dtype}; allowed: floating or integer arrays")
     if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):

@@ -14,24 +14,29 @@ What each term holds (bytes; every array at its own dtype, float32 for the zoo):
 - **optimizer state**: per trainable, unfrozen parameter, one array per slot of the configured
   optimizer (``OptimSpec.slots``): adam/adamw 2 (``exp_avg``, ``exp_avg_sq``), sgd with momentum 1,
   plain sgd 0. Scalars (step counters, paddle's beta powers) are not counted.
-- **activations**: the input batch plus the output of every leaf layer call of one forward at
-  ``data.batch_size``, as float32. Shapes come from the same hooked forward that counts FLOPs
-  (:func:`dualml.compress.measure.trace`), run at batch 1 and 2 and extrapolated linearly, so a
-  resnet18 at batch 64 is never run just to be measured. Not counted: results of ``self.F`` ops
-  (residual adds, means), tensors inside composite layers (attention scores and the feed-forward
-  hidden state of a TransformerEncoderLayer), what backward saves beyond layer outputs (max-pool
-  indices, dropout masks) and the gradients of activations during backward.
-- **data cache**: the dataset arrays the Trainer holds (``x`` and ``y`` of train, val and test) as
-  loaded from the data config; or, when the data config does not fit the model (digits for
-  resnet18), the synthetic arrays the measured run holds instead (``estimate.data``).
+- **activations**: what one training step keeps for backward at ``data.batch_size`` at its peak
+  (:mod:`dualml.activations`: per layer kind, the tensors autograd saves, each once, plus masks,
+  pooling indices, the insides of attention layers and the gradients in flight). Shapes come from
+  the same hooked forward that counts FLOPs (:func:`dualml.compress.measure.trace`), run at batch 1
+  and 2 and extrapolated linearly, so a resnet18 at batch 64 is never run just to be measured.
+  tests/test_estimate.py checks the kept part against the tensors torch's and paddle's autograd
+  really save (``saved_tensors_hooks``) for the zoo models.
+- **data cache**: the larger of what the Trainer holds (``x`` and ``y`` of train, val and test) and
+  what loading them allocates at its peak (traced with tracemalloc while the estimate loads the data:
+  digits peaks at ~3x what it keeps, scikit-learn's float64 table and the float32 copies being alive
+  together); or, when the data config does not fit the model (digits for resnet18), the synthetic
+  arrays the measured run holds instead (``estimate.data``).
+- **margin**: ``estimate.margin`` (default 0.5, the seeds' 50%) of the subtotal, for what no term
+  holds: allocator caching and fragmentation, kernel workspaces, temporaries of the optimizer step.
 
 The **measured** side runs a real short training of the same config (the Trainer's own
 ``train_step``: forward, loss, backward, optimizer step) for ``estimate.steps`` steps in a fresh
 process per backend, because memory one framework has mapped or cached would pollute the other's
 figure. On CPU the figure is process memory: the worker imports everything, warms the framework up
-(two steps of a small MLP, which starts its thread pools and allocator arenas), returns freed heap
-to the OS, reads its RSS (the *baseline*), resets the kernel's peak counter (``VmHWM`` via
-``/proc/self/clear_refs``) and then loads the data, builds the Trainer and trains. The **delta**
+on the same model at batch 2 for two steps (its kernels' code pages, JIT caches, thread pools and
+allocator arenas are a fixed cost of the architecture, with no batch or data in them), returns
+freed heap to the OS, reads its RSS (the *baseline*), resets the kernel's peak counter (``VmHWM``
+via ``/proc/self/clear_refs``) and then loads the data, builds the Trainer and trains. The **delta**
 (peak RSS minus baseline) is what the formula can predict, so the 30% target compares the
 estimate with it. The absolute peak RSS is reported too, with the baseline as a measured framework
 term: baseline + estimate is the whole-process prediction, but a measured constant of 300-400 MB
@@ -57,10 +62,12 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from .activations import ActivationEstimate, activation_estimate
 from .errors import ConfigError, DualmlError, not_allowed
 from .module import Module, manifest
 
-#: the formula's safety margin on the subtotal (issue #6: "plus a 50% safety margin")
+#: the formula's default safety margin on the subtotal (issue #6: "plus a 50% safety margin");
+#: ``estimate.margin`` overrides it
 SAFETY_MARGIN = 0.5
 #: the issue's target: |estimate - measured| <= 30% of measured
 TARGET = 0.30
@@ -83,6 +90,7 @@ class Estimate:
     data: dict[str, Any]
     trace_backend: str
     layers: list[dict[str, Any]] = field(default_factory=list)
+    safety_margin: float = SAFETY_MARGIN
 
     @property
     def subtotal(self) -> int:
@@ -90,15 +98,14 @@ class Estimate:
 
     @property
     def margin(self) -> int:
-        return int(round(self.subtotal * SAFETY_MARGIN))
+        return int(round(self.subtotal * self.safety_margin))
 
     @property
     def total(self) -> int:
         return self.subtotal + self.margin
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "subtotal": self.subtotal, "margin": self.margin, "total": self.total,
-                "safety_margin": SAFETY_MARGIN}
+        return {**asdict(self), "subtotal": self.subtotal, "margin": self.margin, "total": self.total}
 
 
 def _nbytes(shape: Sequence[int], dtype: str) -> int:
@@ -128,22 +135,13 @@ def _traces(model: Module, backend: str) -> tuple[Any, Any]:
 
 
 def activation_bytes(model: Module, batch_size: int, backend: str = "torch",
-                     traces: tuple[Any, Any] | None = None) -> tuple[int, list[dict[str, Any]]]:
-    """Bytes of the input batch plus every leaf call's output (float32) at ``batch_size``.
-
-    Traced at batch 1 and 2 with :func:`dualml.compress.measure.trace` and extrapolated linearly per
-    call, so a batch-independent output (a table lookup without batch) is counted once. Returns the
-    total and one row per leaf call (layer, kind, output shape at ``batch_size``, bytes)."""
+                     traces: tuple[Any, Any] | None = None) -> ActivationEstimate:
+    """The activations term at ``batch_size``: what a training step keeps for backward at its peak
+    (:mod:`dualml.activations`), from leaf traces at batch 1 and 2 extrapolated linearly per call, so a
+    resnet18 at batch 64 is never run just to be measured."""
     spec = model.input_spec(1)[0]
     t1, t2 = traces or _traces(model, backend)
-    rows = []
-    for c1, c2 in zip(t1.calls, t2.calls, strict=True):
-        if c1.output is None:
-            continue
-        shape = [a + (b - a) * (batch_size - 1) for a, b in zip(c1.output, c2.output, strict=True)]
-        rows.append({"layer": c1.path, "kind": c1.spec.kind, "output_shape": shape,
-                     "bytes": _nbytes(shape, "float32")})
-    return _nbytes((batch_size, *spec.shape[1:]), spec.dtype) + sum(r["bytes"] for r in rows), rows
+    return activation_estimate(t1, t2, batch_size, _nbytes((batch_size, *spec.shape[1:]), spec.dtype))
 
 
 def model_classes(tr: Any) -> int:
@@ -212,22 +210,50 @@ def _settings(cfg: DictConfig) -> dict[str, Any]:
     if int(cfg.trainer.devices) != 1:
         raise ConfigError(f"trainer.devices={cfg.trainer.devices} is not allowed with estimate; allowed: 1 "
                           "(the estimate and the measurement are for one process)")
+    margin = e.get("margin", SAFETY_MARGIN)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin <= 10:
+        raise ConfigError(f"estimate.margin={margin} is not allowed; allowed: a number from 0 to 10 (0.5 = the "
+                          "seeds' 50% safety margin)")
     trace_backend = cfg.backend if cfg.backend in known else backends[0]
     return {"batch_size": bs, "steps": steps, "data": mode, "samples": samples, "backends": backends,
-            "measure": bool(e.get("measure", True)), "trace_backend": trace_backend}
+            "measure": bool(e.get("measure", True)), "trace_backend": trace_backend, "margin": float(margin)}
+
+
+def _load_traced(data_cfg: dict[str, Any], seed: int) -> tuple[Any, int]:
+    """Load the data set while tracemalloc (which numpy reports its buffers to) records the peak of
+    what loading allocates: the source arrays and their converted copies alive together (digits:
+    scikit-learn's float64 table, the scaled float64 images, the float32 copies and the splits) can
+    be several times what the Trainer keeps, and loading happens in the same process before training."""
+    import tracemalloc
+
+    import sklearn.datasets  # noqa: F401  - importing the loaders' modules is not loading data
+    import sklearn.model_selection  # noqa: F401
+
+    from .data import load_dataset
+
+    was_tracing = tracemalloc.is_tracing()
+    if not was_tracing:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    try:
+        ds = load_dataset(data_cfg, seed=seed)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        if not was_tracing:
+            tracemalloc.stop()
+    return ds, int(peak)
 
 
 def _data_plan(cfg: DictConfig, model: Module, s: dict[str, Any], classes: int) -> tuple[dict[str, Any], Any]:
     """Which data the run holds: the data config when it fits the model (sample size, dtype, classes),
     else synthetic arrays of the model's input spec. Returns the plan and the dataset (for its bytes)."""
-    from .data import load_dataset
-
     spec = model.input_spec(1)[0]
     sample = tuple(spec.shape[1:])
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     reason = "estimate.data=synthetic"
     if s["data"] != "synthetic":
-        ds = load_dataset(data_cfg, seed=cfg.seed)
+        ds, loading_peak = _load_traced(data_cfg, cfg.seed)
         misfit = []
         if math.prod(ds.input_shape) != math.prod(sample):
             misfit.append(f"samples {ds.input_shape} vs input {sample}")
@@ -237,7 +263,7 @@ def _data_plan(cfg: DictConfig, model: Module, s: dict[str, Any], classes: int) 
             misfit.append(f"{ds.num_classes} classes vs {classes}")
         if not misfit:  # the Trainer reshapes samples to the input shape: views, the same bytes
             return {"source": "config", "name": ds.name, "samples": len(ds.train) + len(ds.val) + len(ds.test),
-                    "classes": classes}, ds
+                    "classes": classes, "loading_peak": loading_peak}, ds
         reason = f"data {ds.name} does not fit {cfg.model.name} ({'; '.join(misfit)})"
         if s["data"] == "config":
             raise ConfigError(f"estimate.data=config is not allowed here: {reason}; use estimate.data=synthetic "
@@ -263,9 +289,13 @@ def estimate(cfg: DictConfig) -> Estimate:
     freeze = list(cfg.trainer.freeze or [])
     terms = parameter_terms(model, opt.slots, freeze)
     traces = _traces(model, s["trace_backend"])
-    terms["activations"], rows = activation_bytes(model, s["batch_size"], traces=traces)
+    act = activation_bytes(model, s["batch_size"], traces=traces)
+    terms["activations"] = act.total
     plan, ds = _data_plan(cfg, model, s, model_classes(traces[0]))
-    terms["data_cache"] = dataset_bytes(ds) if ds is not None else plan.pop("bytes")
+    held = dataset_bytes(ds) if ds is not None else plan.pop("bytes")
+    # synthetic arrays are drawn straight into their final dtype: loading them needs what they hold
+    loading = plan.get("loading_peak", held)
+    terms["data_cache"] = max(held, loading)
     specs = manifest(model)
     n_train = sum(math.prod(v.shape) for k, v in specs.items() if v.trainable and not _frozen(k, freeze))
     n_state = sum(math.prod(v.shape) for v in specs.values() if not v.trainable)
@@ -276,14 +306,18 @@ def estimate(cfg: DictConfig) -> Estimate:
         "gradients": f"one per trainable, unfrozen parameter: {n_train:,} values"
                      + (f" (trainer.freeze={freeze})" if freeze else ""),
         "optimizer_state": f"{opt.name}: {len(opt.slots)} slot(s) ({slot_text}) x {n_train:,} values",
-        "activations": f"input batch + {len(rows)} leaf outputs at batch {s['batch_size']} (float32, traced on "
-                       f"{s['trace_backend']}); F-op results and tensors inside composite layers not counted",
-        "data_cache": (f"{plan['name']}: x and y of train/val/test, {plan['samples']:,} samples"
+        "activations": f"kept for backward at batch {s['batch_size']} (traced on {s['trace_backend']}): "
+                       f"{act.kept / MB:,.2f} MiB read by backward (the batch and leaf inputs/outputs, each once) + "
+                       f"{act.internal / MB:,.2f} MiB inside layers (masks, pooling indices, attention) + "
+                       f"{act.transient / MB:,.2f} MiB in flight at the peak, {act.peak_at} + logits",
+        "data_cache": (f"{plan['name']}: the larger of what loading allocates at its peak ({loading / MB:,.2f} "
+                       f"MiB, traced) and what training holds ({held / MB:,.2f} MiB: x and y of train/val/test, "
+                       f"{plan['samples']:,} samples)"
                        if plan["source"] == "config" else
                        f"synthetic: {plan['samples']:,} samples of the input spec + labels ({plan['reason']})"),
     }
     return Estimate(name, s["batch_size"], opt.name, tuple(opt.slots), {k: int(terms[k]) for k in TERMS}, holds,
-                    plan, s["trace_backend"], rows)
+                    plan, s["trace_backend"], act.rows, s["margin"])
 
 
 # ----------------------------------------------------------------------------- the measurement (worker side)
@@ -365,11 +399,15 @@ def measure_worker(cfg: DictConfig, plan: dict[str, Any], steps: int) -> dict[st
     from .config import model_params
     from .data import load_dataset
     from .trainer import Trainer
-    from .zoo import MLP, create_model
+    from .zoo import create_model
 
     imported, t_imported = _status(), time.perf_counter() - t0
-    warm_model = MLP(64, (64,), 10)
-    warm = Trainer(_small_cfg(cfg, 8), model=warm_model, dataset=synthetic_dataset(warm_model, 16, 10),
+    name, params = model_params(cfg)
+    # warm up on the same model at batch 2: its kernels' code pages, JIT caches and thread pools are a
+    # fixed cost of this architecture (no batch or data in them), so they belong to the baseline, not
+    # to the rise the formula predicts
+    warm_model = create_model(name, **params)
+    warm = Trainer(_small_cfg(cfg, 2), model=warm_model, dataset=synthetic_dataset(warm_model, 4, plan["classes"]),
                    write=False, progress=False)
     _train(warm, 2)
     del warm, warm_model
@@ -383,7 +421,6 @@ def measure_worker(cfg: DictConfig, plan: dict[str, Any], steps: int) -> dict[st
         phases.append({"phase": phase, "rss": st["VmRSS"], "peak": st["VmHWM"],
                        "seconds": round(time.perf_counter() - t0, 2)})
 
-    name, params = model_params(cfg)
     model = create_model(name, **params)
     if plan["source"] == "config":
         ds = load_dataset(OmegaConf.to_container(cfg.data, resolve=True),
@@ -444,7 +481,8 @@ def compare(est: Estimate, m: dict[str, Any]) -> dict[str, Any]:
     ratio = est.total / delta
     return {"estimate": est.total, "measured_delta": m["delta"], "ratio": ratio,
             "within_target": abs(est.total - m["delta"]) <= TARGET * m["delta"],
-            "subtotal_ratio": est.subtotal / delta, "baseline": m["baseline"], "peak_rss": m["peak_rss"],
+            "subtotal_ratio": est.subtotal / delta, "margin_needed": delta / max(est.subtotal, 1) - 1,
+            "baseline": m["baseline"], "peak_rss": m["peak_rss"],
             "whole_process_estimate": m["baseline"] + est.total,
             "whole_process_ratio": (m["baseline"] + est.total) / m["peak_rss"]}
 
@@ -465,7 +503,7 @@ def markdown(report: dict[str, Any]) -> str:
     for k in TERMS:
         lines.append(f"| {LABELS[k]} | {e['holds'][k]} | {e['terms'][k]:,} | {_mb(e['terms'][k])} |")
     lines += [f"| subtotal | | {e['subtotal']:,} | {_mb(e['subtotal'])} |",
-              f"| + {SAFETY_MARGIN:.0%} margin | | {e['margin']:,} | {_mb(e['margin'])} |",
+              f"| + {e['safety_margin']:.0%} margin | | {e['margin']:,} | {_mb(e['margin'])} |",
               f"| **total** | | **{e['total']:,}** | **{_mb(e['total'])}** |", ""]
     meas = report.get("measured") or {}
     if not meas:
@@ -475,11 +513,12 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [f"## Measured: {steps} training steps per backend, each in a fresh process (CPU, process RSS)",
               "",
               "| backend | estimate MiB | measured delta MiB | estimate / delta | within 30% | subtotal / delta | "
-              "baseline MiB | peak RSS MiB | baseline + estimate / peak |",
-              "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+              "margin the run needed | baseline MiB | peak RSS MiB | baseline + estimate / peak |",
+              "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for b, c in report["comparison"].items():
         lines.append(f"| {b} | {_mb(c['estimate'])} | {_mb(c['measured_delta'])} | {c['ratio']:.2f} | "
-                     f"{'yes' if c['within_target'] else 'no'} | {c['subtotal_ratio']:.2f} | {_mb(c['baseline'])} | "
+                     f"{'yes' if c['within_target'] else 'no'} | {c['subtotal_ratio']:.2f} | "
+                     f"{100 * c['margin_needed']:+.0f}% | {_mb(c['baseline'])} | "
                      f"{_mb(c['peak_rss'])} | {c['whole_process_ratio']:.2f} |")
     phases = [p["phase"] for p in next(iter(meas.values()))["phases"]]
     lines += ["", "Peak RSS above the baseline after each phase, then what RSS still holds at the end: anonymous "
@@ -500,13 +539,14 @@ def markdown(report: dict[str, Any]) -> str:
 EXPLANATION = (
     "**What the 30% target compares**: the estimate against the *delta*, the rise of peak RSS over the "
     "worker's baseline (RSS after importing the framework, sklearn and dualml and after a 2-step warm-up "
-    "of a 64-64-10 MLP, freed heap trimmed). That rise is what parameters, gradients, optimizer state, "
-    "activations and data cause; it is what the formula can predict. The baseline is a measured "
-    "per-backend term: baseline + estimate is the whole-process prediction against the absolute peak "
-    "RSS (last column), but there a measured constant of hundreds of MiB dominates small models, so "
-    "that ratio says little about the formula. The delta also holds what the formula has no term for: "
-    "framework code pages and kernels first touched by this model's layers, allocator caching, "
-    "temporaries of backward, and data-loading copies (scikit-learn's float64 digits).")
+    "of the same model at batch 2, freed heap trimmed). That rise is what parameters, gradients, "
+    "optimizer state, activations and data cause; it is what the formula can predict. subtotal / delta "
+    "says how close the terms alone come; *margin the run needed* is delta / subtotal - 1, to set "
+    "against the margin the estimate adds. The baseline is a measured per-backend term: baseline + "
+    "estimate is the whole-process prediction against the absolute peak RSS (last column), but there a "
+    "measured constant of hundreds of MiB dominates small models, so that ratio says little about the "
+    "formula. The delta also holds what no term holds: allocator caching and fragmentation, kernel "
+    "workspaces, temporaries of backward and of the optimizer step.")
 
 
 def run(cfg: DictConfig) -> tuple[dict[str, Any], Path]:

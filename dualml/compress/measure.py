@@ -87,6 +87,8 @@ class Call:
     output: tuple[int, ...] | None = None     # shape of the (first) tensor output
     consumers: list[int] = field(default_factory=list)  # calls that took this call's output as input
     is_model_output: bool = False
+    input_ids: list[int] = field(default_factory=list)   # identity of each input tensor (unique within the trace)
+    output_id: int | None = None                          # identity of the (first) output tensor
 
 
 @dataclass
@@ -96,6 +98,7 @@ class Trace:
     backend: str
     sample: np.ndarray | None = field(default=None, repr=False)   # the traced input
     net: Any = field(default=None, repr=False)                     # the built net it ran on
+    input_id: int | None = None                                    # identity of the traced input tensor
 
     def calls_of(self, path: str) -> list[Call]:
         return [c for c in self.calls if c.path == path]
@@ -146,20 +149,22 @@ def trace(model: Module | Layer, input_shape: Sequence[int] | None = None, backe
     def pre(path: str, inputs: tuple) -> None:
         ts = _tensors(inputs, be)
         calls.append(Call(len(calls), path, specs[path], [tuple(t.shape) for t in ts],
-                          [producer.get(id(t)) for t in ts]))
+                          [producer.get(id(t)) for t in ts], input_ids=[id(t) for t in ts]))
         alive.extend(ts)
 
     def post(path: str, output: Any) -> None:
         call = calls[-1]
         ts = _tensors(output, be)
         call.output = tuple(ts[0].shape) if ts else None
+        call.output_id = id(ts[0]) if ts else None
         for t in ts:
             producer[id(t)] = call.index
         alive.extend(ts)
 
     sample = spec.sample(np.random.default_rng(seed))
+    x = be.tensor(sample)
     with be.no_grad(), be.hooks(leaves, pre=pre, post=post):
-        out = net(be.tensor(sample))
+        out = net(x)
     for t in _tensors(out, be):
         if id(t) in producer:
             calls[producer[id(t)]].is_model_output = True
@@ -167,7 +172,7 @@ def trace(model: Module | Layer, input_shape: Sequence[int] | None = None, backe
         for s in c.sources:
             if s is not None and c.index not in calls[s].consumers:
                 calls[s].consumers.append(c.index)
-    return Trace(calls, spec, be.name, sample, net)
+    return Trace(calls, spec, be.name, sample, net, input_id=id(x))
 
 
 # ----------------------------------------------------------------------------- FLOPs
