@@ -393,9 +393,10 @@ class Trainer:
                             if math.isfinite(row[k]):  # grad_norm is NaN unless clipping computes it
                                 writer.add_scalar(f"train/{k}", row[k], self.step)
                     run_loss, run_acc, n = run_loss + row["loss"], run_acc + row["acc"], n + 1
-                    bar.update(1)
-                    # refresh=False: tqdm redraws on its own clock; forcing a redraw every step costs ~45 us
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", refresh=False)
+                    if not bar.disable:  # a disabled bar still builds its postfix string (~10 us per step)
+                        bar.update(1)
+                        # refresh=False: tqdm redraws on its own clock; forcing a redraw every step costs ~45 us
+                        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", refresh=False)
                     if self.writes and self.t.checkpoint_every and self.step % int(self.t.checkpoint_every) == 0:
                         self.save_checkpoint(self.run_dir / "last.safetensors")
                 complete = self.step % self.steps_per_epoch == 0
