@@ -134,6 +134,8 @@ def test_estimate_of_default_mlp_on_digits():
     assert est.terms["data_cache"] > 1797 * (64 * 4 + 8)
     assert est.data["source"] == "config"
     assert est.total == est.subtotal + round(est.subtotal * SAFETY_MARGIN)
+    lean = estimate(load_config(["model=mlp", "estimate.measure=false", "estimate.margin=0.2"]))
+    assert lean.subtotal == est.subtotal and lean.total == est.subtotal + round(est.subtotal * 0.2)
 
 
 def test_model_that_does_not_fit_the_data_gets_synthetic_data(tmp_path):
@@ -152,6 +154,7 @@ def test_model_that_does_not_fit_the_data_gets_synthetic_data(tmp_path):
     ("estimate.steps=0", "estimate.steps=0 is not allowed; allowed: an integer >= 1"),
     ("estimate.data=disk", "estimate.data=disk is not allowed; allowed: auto, config, synthetic"),
     ("estimate.backends=[tf]", "estimate.backends=tf is not allowed; allowed: paddle, torch"),
+    ("estimate.margin=-0.1", "estimate.margin=-0.1 is not allowed; allowed: a number from 0 to 10"),
     ("model=transformer estimate.data=config", "estimate.data=config is not allowed here: data digits does not fit "
                                                "transformer (samples (8, 8) vs input (8,); dtype float32 vs int64)"),
 ])
