@@ -107,30 +107,34 @@ def activation_estimate(t1: Any, t2: Any, batch: int, input_bytes: int) -> Activ
     kept: dict[int, tuple[int, int]] = {}    # tensor -> (bytes, index of the first call that keeps it)
     if t1.input_id is not None:
         kept[t1.input_id] = (input_bytes, -1)
+
+    def keep(tensor_id: int, nbytes: int, call: int) -> int:
+        """Record a kept tensor once; the bytes it adds (0 if already kept)."""
+        if key(tensor_id) in kept:
+            return 0
+        kept[key(tensor_id)] = (nbytes, call)
+        return nbytes
+
     inside: list[int] = []
     calls = []
     for c1, c2 in zip(t1.calls, t2.calls, strict=True):
         ins = [_at_batch(a, b, batch) for a, b in zip(c1.inputs, c2.inputs, strict=True)]
         out = _at_batch(c1.output, c2.output, batch) if c1.output is not None else None
         spec, i = c1.spec, c1.index
-        calls.append((c1, ins, out))
         new = 0
         view = isinstance(spec, _VIEWS) or (isinstance(spec, L.Dropout) and spec.p == 0)
         if view and c1.output_id is not None and c1.input_ids:
-            if key(c1.input_ids[0]) != c1.output_id:  # a view may be its input itself (flatten of a flat tensor)
-                alias[c1.output_id] = key(c1.input_ids[0])
+            source = key(c1.input_ids[0])
+            if source != c1.output_id:  # a view may be its input itself (flatten of a flat tensor)
+                alias[c1.output_id] = source
         elif isinstance(spec, _READS_OUTPUT):
-            if c1.output_id is not None and key(c1.output_id) not in kept:
-                kept[key(c1.output_id)] = (_n(out) * F32, i)
-                new += _n(out) * F32
+            if c1.output_id is not None:
+                new = keep(c1.output_id, _n(out) * F32, i)
         elif not isinstance(spec, (*_READS_NOTHING, L.Dropout)):
             size = I64 if isinstance(spec, L.Embedding) else F32
-            for tid, shape in zip(c1.input_ids, ins, strict=True):
-                if key(tid) not in kept:
-                    kept[key(tid)] = (_n(shape) * size, i)
-                    new += _n(shape) * size
+            new = sum(keep(tid, _n(shape) * size, i) for tid, shape in zip(c1.input_ids, ins, strict=True))
         inside.append(_inside(spec, ins, out))
-        calls[-1] += (new,)
+        calls.append((c1, ins, out, new))
     kept_total, inside_total = sum(b for b, _ in kept.values()), sum(inside)
     last = calls[-1] if calls else None
     logits = _n(last[2]) * F32 if last is not None and last[0].output_id is not None and key(
@@ -141,9 +145,8 @@ def activation_estimate(t1: Any, t2: Any, batch: int, input_bytes: int) -> Activ
     forward_extra = max(unkept, default=0)
     peak, peak_at, extra = kept_total + inside_total + forward_extra, "forward", forward_extra
     # backward, last layer first: what layers <= i still need + the gradients of call i's output and inputs
-    first = sorted(kept.values(), key=lambda v: v[1])
     for c, ins, out, _ in reversed(calls):
-        still = sum(b for b, j in first if j <= c.index) + sum(inside[: c.index + 1])
+        still = sum(b for b, j in kept.values() if j <= c.index) + sum(inside[: c.index + 1])
         grads = (_n(out) + sum(_n(s) for s in ins)) * F32
         if still + grads > peak:
             peak, peak_at, extra = still + grads, f"backward ({c.path})", grads
