@@ -14,17 +14,17 @@ from .build import (
                     export_native,
                     get_grads,
                     get_weights,
-                    import_native,
                     native_leaves,
                     set_weights,
 )
 from .errors import BackendError, ConfigError, DualmlError, LayerInputError, WeightsError, WeightsFileError
+from .importing import ImportReport, WeightsWarning, import_native
 from .module import Buffer, Module, ModuleList, Parameter, Sequential, init_weights, manifest
 
 __version__ = "0.1.0"
 __all__ = [
-    "BackendError", "Buffer", "ConfigError", "DualmlError", "LayerInputError", "LoadReport", "Module",
-    "ModuleList", "Parameter", "Rule", "Sequential", "WeightsError", "WeightsFileError", "available_backends",
-    "build", "check_weights", "convert", "export_native", "get_backend", "get_grads", "get_weights",
-    "import_native", "init_weights", "manifest", "native_leaves", "nn", "register_layer", "set_weights",
+    "BackendError", "Buffer", "ConfigError", "DualmlError", "ImportReport", "LayerInputError", "LoadReport",
+    "Module", "ModuleList", "Parameter", "Rule", "Sequential", "WeightsError", "WeightsFileError", "WeightsWarning",
+    "available_backends", "build", "check_weights", "convert", "export_native", "get_backend", "get_grads",
+    "get_weights", "import_native", "init_weights", "manifest", "native_leaves", "nn", "register_layer", "set_weights",
 ]

@@ -231,33 +231,6 @@ def convert(native: Any, backend: str) -> Any:
     return out
 
 
-def import_native(model: Module | Layer, native: Any, backend: str, strict: bool = True) -> dict[str, np.ndarray]:
-    """Canonical weights from a hand-written native model whose attribute names mirror ``model``.
-
-    The native model's own layout (torch or paddle conventions) is read through the adapter's rules,
-    so e.g. a torch ``nn.TransformerEncoderLayer``'s packed ``in_proj_weight`` arrives as separate
-    canonical q/k/v projections.
-    """
-    be = get_backend(backend)
-    twin = build(model, backend)
-    problems = _compare_layers(be, twin, native)
-    if problems and strict:
-        raise WeightsError(f"native {type(native).__name__} is not configured like {type(model).__name__} "
-                           f"({backend}): {'; '.join(problems)}")
-    theirs = be.arrays(native)
-    mine = be.arrays(twin)
-    missing = [k for k in mine if k not in theirs]
-    unexpected = [k for k in theirs if k not in mine and not k.endswith("num_batches_tracked")]
-    shapes = [f"{k} shape {list(theirs[k].shape)}, dualml expects {list(v.shape)}"
-              for k, v in mine.items() if k in theirs and theirs[k].shape != v.shape]
-    rep = LoadReport(missing=missing, unexpected=unexpected, mismatched=shapes)
-    if strict and not rep.ok:
-        raise WeightsError(f"native {type(native).__name__} does not match {type(model).__name__} "
-                           f"({backend}): {rep.problems()}")
-    be.assign(twin, {k: v for k, v in theirs.items() if k in mine and v.shape == mine[k].shape})
-    return get_weights(twin)
-
-
 def _same_hparam(a: Any, b: Any) -> bool:
     """Equal, or the same value written as a scalar and as a tuple (kernel_size=2 vs (2, 2)), or
     left to its default on one side."""
@@ -267,33 +240,6 @@ def _same_hparam(a: Any, b: Any) -> bool:
         scalar, seq = (b, a) if isinstance(a, tuple) else (a, b)
         return all(x == scalar for x in seq)
     return a == b
-
-
-def _compare_layers(be: Backend, twin: Any, native: Any) -> list[str]:
-    """Every leaf of the dualml twin must exist in the hand-written model at the same path, be of
-    the same framework class (or the class dualml subclasses) and carry the same hyper-parameters
-    (e.g. paddle BatchNorm ``_momentum`` 0.9 = canonical 0.1; LayerNorm ``eps`` / ``_epsilon``)."""
-    problems = []
-    for path, mine in native_leaves(twin).items():
-        theirs: Any = native
-        try:
-            for part in path.split(".") if path else []:
-                theirs = getattr(theirs, part)
-        except AttributeError:
-            problems.append(f"layer '{path}' is missing")
-            continue
-        if not isinstance(mine, type(theirs)):
-            problems.append(f"layer '{path}' is {type(theirs).__name__}, dualml builds {type(mine).__name__}")
-            continue
-        subs = dict(be.sublayers(theirs))
-        diffs = []
-        for sub, m in be.sublayers(mine):
-            ours, their = be.hparams(m), be.hparams(subs[sub]) if sub in subs else {}
-            diffs += [f"{join(sub, k)}={their[k]!r} (dualml: {v!r})" for k, v in ours.items()
-                      if k in their and not _same_hparam(their[k], v)]
-        if diffs:
-            problems.append(f"layer '{path or '<root>'}' ({type(theirs).__name__}): {', '.join(diffs)}")
-    return problems
 
 
 def export_native(model: Module | Layer, weights: dict[str, np.ndarray], backend: str) -> dict[str, np.ndarray]:
