@@ -84,19 +84,13 @@ def machine_info() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             return None
     from . import __version__
+    from .cpu import cpu_flags, describe_cpu
 
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
+    flags = cpu_flags()
     return {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
             "torch": version("torch"), "paddle": version("paddlepaddle"), "onnxruntime": version("onnxruntime"),
             "numpy": np.__version__, "dualml": __version__, "loadavg_1m_start": os.getloadavg()[0],
-            "cpu_bf16_flags": sorted(f for f in flags if "bf16" in f or f.startswith("amx"))}
+            "cpu_bf16_flags": sorted(f for f in flags if "bf16" in f or f.startswith("amx")), **describe_cpu()}
 
 
 def threads(backend: str) -> int:

@@ -102,6 +102,7 @@ def cmd_train(cfg: DictConfig) -> int:
 
 
 def cmd_parity(cfg: DictConfig) -> int:
+    from .build import check_dtype
     from .parity import Tolerance, default_cases, markdown, run_suite
 
     backends = (cfg.backend, cfg.parity.against)
@@ -112,8 +113,12 @@ def cmd_parity(cfg: DictConfig) -> int:
              if not cfg.parity.only or cfg.parity.only in c.name]
     if not cases:
         raise DualmlError(f"parity.only={cfg.parity.only} matches no case")
-    tol = Tolerance(cfg.parity.atol, cfg.parity.rtol, cfg.parity.grad_atol, cfg.parity.grad_rtol)
-    report = run_suite(cases, backends, tol, seed=cfg.seed)
+    dtype = check_dtype("parity.dtype", cfg.parity.dtype)
+    tol = (Tolerance.float64(float(cfg.parity.float64_rtol)) if dtype == "float64" else
+           Tolerance(cfg.parity.atol, cfg.parity.rtol, cfg.parity.grad_atol, cfg.parity.grad_rtol))
+    print(f"parity in {dtype}: |a-b| <= {tol.atol:g} + {tol.rtol:g}*|b| (forward), "
+          f"{tol.grad_atol:g} + {tol.grad_rtol:g}*|b| (gradients)")
+    report = run_suite(cases, backends, tol, seed=cfg.seed, dtype=dtype)
     groups: dict[str, list[dict]] = {}
     for r in report["results"]:
         groups.setdefault(r["group"], []).append(r)
@@ -127,8 +132,12 @@ def cmd_parity(cfg: DictConfig) -> int:
                   + (f" | first divergence: {r['first_divergence']}" if r["first_divergence"] else ""))
     s = report["summary"]
     md = markdown(report)
+    for c in report["float32_constants"]:
+        print(f"named float32 constant: {c}")
     onnx_failed = 0
-    if cfg.parity.onnx and cfg.parity.zoo:
+    if cfg.parity.onnx and cfg.parity.zoo and dtype == "float64":
+        print("ONNX parity runs with parity.dtype=float32 (the exports are float32 graphs)")
+    elif cfg.parity.onnx and cfg.parity.zoo:
         from .onnx_export import onnx_markdown, onnx_parity
         from .zoo import ZOO, create_model
 
@@ -144,7 +153,7 @@ def cmd_parity(cfg: DictConfig) -> int:
                 if not r["passed"]:
                     print(f"FAIL onnx:{r['model']}: max abs {r['max_abs']:.3g} {r['message']}")
     out = _write_report(cfg, "parity", report, md)
-    print(f"{s['passed']}/{s['cases']} parity runs passed ({backends[0]} vs {backends[1]})"
+    print(f"{s['passed']}/{s['cases']} parity runs passed in {dtype} ({backends[0]} vs {backends[1]})"
           + (f"; ONNX exports agree on {len(rs) - onnx_failed}/{len(rs)} zoo models" if "onnx" in report else ""))
     print(f"report: {out / 'report.json'} and {out / 'report.md'}")
     return 0 if s["failed"] == 0 and not onnx_failed else 1

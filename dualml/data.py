@@ -215,6 +215,14 @@ def _standardize(ds: Dataset) -> Dataset:
                    mean.astype(np.float32), std.astype(np.float32))
 
 
+def widen(ds: Dataset, dtype: str) -> Dataset:
+    """``ds`` with float32 samples (and statistics) in ``dtype`` (float64 for the reference mode);
+    integer samples (token ids) stay as they are."""
+    f = lambda a: a.astype(dtype) if a is not None and a.dtype == np.float32 else a  # noqa: E731
+    return Dataset(ds.name, *(Split(f(s.x), s.y) for s in (ds.train, ds.val, ds.test)), ds.num_classes,
+                   f(ds.mean), f(ds.std))
+
+
 def load_dataset(data_cfg: Mapping[str, Any] | None, input_shape: tuple[int, ...] | None = None,
                  seed: int = 0) -> Dataset:
     """Load the data set the ``data`` config group names, split, optionally standardized and reshaped.

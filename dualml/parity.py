@@ -23,9 +23,10 @@ import numpy as np
 
 from . import __version__
 from .backend import get_backend, registered_layers
-from .build import build, convert, get_grads, get_weights, native_leaves
+from .build import build, convert, get_grads, get_weights, model_dtype, native_leaves
+from .cpu import describe_cpu
 from .layers import Dropout, InputSpec, Layer, MultiheadAttention, TransformerEncoderLayer
-from .module import Module, init_weights, manifest
+from .module import Module, init_weights, manifest, named_leaves
 from .op_cases import op_models
 from .zoo import ZOO
 
@@ -36,6 +37,18 @@ class Tolerance:
     rtol: float = 1e-5
     grad_atol: float = 1e-4
     grad_rtol: float = 1e-4
+
+    @classmethod
+    def float64(cls, rtol: float = 1e-10) -> Tolerance:
+        """The reference criterion: in float64 both backends must compute the same function, so
+        ``rtol`` (1e-10, a million float64 ulps) for forward and gradients, and an absolute floor a
+        hundred times smaller for values that cancel to about zero."""
+        return cls(rtol / 100, rtol, rtol / 100, rtol)
+
+
+#: a float32-held constant perturbs each affected value by at most one float32 rounding (2^-24
+#: relative); twice that, of the tensor's largest magnitude, bounds it after the float64 arithmetic
+FLOAT32_CONSTANT_BOUND = 2.0 ** -23
 
 
 @dataclass
@@ -65,6 +78,9 @@ class CaseResult:
     first_divergence: str | None = None
     message: str = ""
     seconds: float = 0.0
+    dtype: str = "float32"
+    #: float32-held constants of the frameworks that apply to this case (float64 runs), with their size
+    float32_constants: list[str] = field(default_factory=list)
 
 
 class MaskedAttention(Module):
@@ -172,13 +188,9 @@ class _Side:
     def __init__(self, backend: str, model: Module | Layer, weights: dict[str, np.ndarray], train: bool,
                  dtype: str = "float32") -> None:
         self.be = get_backend(backend)
-        self.net = build(model, backend, weights=weights)
+        self.net = build(model, backend, weights=weights, dtype=dtype)
         self.be.set_train(self.net, train)
         self.dtype = dtype
-
-    def cast(self) -> None:
-        if self.dtype != "float32":
-            self.be.to_dtype(self.net, self.dtype)
 
     def run(self, inputs: list[np.ndarray], grad_seed: int) -> None:
         be = self.be
@@ -231,6 +243,7 @@ def check_param_layout(model: Module | Layer, weights: dict[str, np.ndarray], a:
     """Level 1: names/shapes/dtypes and bit-exact values on both sides and through conversion."""
     problems = []
     expected = manifest(model)
+    dtype = model_dtype(a)
     for label, net in (("a", a), ("b", b), ("a->b", convert(a, b._dualml_backend)),
                        ("b->a", convert(b, a._dualml_backend))):
         got = get_weights(net)
@@ -238,29 +251,50 @@ def check_param_layout(model: Module | Layer, weights: dict[str, np.ndarray], a:
             problems.append(f"{label}: names differ from the canonical manifest")
             continue
         for name, spec in expected.items():
-            if got[name].shape != spec.shape or str(got[name].dtype) != spec.dtype:
+            want = dtype if spec.dtype == "float32" else spec.dtype
+            if got[name].shape != spec.shape or str(got[name].dtype) != want:
                 problems.append(f"{label}: {name} is {got[name].dtype}{list(got[name].shape)}, canonical "
-                                f"{spec.dtype}{list(spec.shape)}")
+                                f"{want}{list(spec.shape)}")
             elif not np.array_equal(got[name], weights[name]):
                 problems.append(f"{label}: {name} changed in the round trip")
     return problems
 
 
+def float32_constants(model: Module | Layer, backends: Iterable[str]) -> list[str]:
+    """What each backend keeps in float32 inside the layers of ``model`` (``Backend.float32_constants``)."""
+    kinds = {type(leaf) for _, leaf in named_leaves(model)}
+    out = []
+    for name in backends:
+        table = get_backend(name).float32_constants
+        out += [f"{name} {k.__name__}: {table[k]}" for k in sorted(kinds & set(table), key=lambda k: k.__name__)]
+    return out
+
+
+def _grad_atol(tol: Tolerance, ref: np.ndarray | None, named: list[str]) -> float:
+    """The gradient's absolute floor; where a float32-held constant applies (``named``), the bound
+    that one float32 rounding implies, scaled by the gradient's largest magnitude."""
+    if not named or ref is None or not ref.size:
+        return tol.grad_atol
+    return tol.grad_atol + FLOAT32_CONSTANT_BOUND * float(np.abs(ref).max())
+
+
 def run_case(case: Case, mode: str, backends: tuple[str, str] = ("torch", "paddle"),
-             tol: Tolerance = Tolerance(), seed: int = 0) -> CaseResult:
+             tol: Tolerance = Tolerance(), seed: int = 0, dtype: str = "float32") -> CaseResult:
+    """One case in one mode; ``dtype='float64'`` runs every mode in float64 (a ``-float64`` mode
+    always does)."""
     res = CaseResult(case.name, case.group, mode)
     t0 = time.perf_counter()
     try:
         weights = random_weights(case.model, seed)
         rng = np.random.default_rng(seed + 7)
         inputs = [spec.sample(rng) for spec in case.inputs]
-        train, dtype = mode.startswith("train"), "float64" if mode.endswith("float64") else "float32"
+        train, dtype = mode.startswith("train"), "float64" if mode.endswith("float64") else dtype
+        res.dtype = dtype
+        named = float32_constants(case.model, backends) if dtype == "float64" else []
         a = _Side(backends[0], case.model, weights, train, dtype)
         b = _Side(backends[1], case.model, weights, train, dtype)
         problems = check_param_layout(case.model, weights, a.net, b.net)
         res.param_layout = res.roundtrip = not problems
-        a.cast()
-        b.cast()
         a.run(inputs, seed + 11)
         b.run(inputs, seed + 11)
         res.outputs = [f"{list(s)} {d} {m}" for s, d, m in a.layout]
@@ -276,7 +310,7 @@ def run_case(case: Case, mode: str, backends: tuple[str, str] = ("torch", "paddl
         grads = [(x, y) for x, y in zip(a.input_grads, b.input_grads) if x is not None or y is not None]
         grads += [(a.param_grads[k], b.param_grads.get(k)) for k in a.param_grads]
         bad = [i for i, (x, y) in enumerate(grads)
-               if x is None or y is None or not _close(x, y, tol.grad_atol, tol.grad_rtol)]
+               if x is None or y is None or not _close(x, y, _grad_atol(tol, y, named), tol.grad_rtol)]
         res.grad_max_abs = max((_diff(x, y)[0] for x, y in grads if x is not None and y is not None
                                 and x.shape == y.shape), default=0.0)
         if bad:
@@ -291,6 +325,11 @@ def run_case(case: Case, mode: str, backends: tuple[str, str] = ("torch", "paddl
         if not all(_close(a.state[k], b.state[k], tol.atol, tol.rtol) for k in a.state):
             worst = max(a.state, key=lambda k: _diff(a.state[k], b.state[k])[0])
             problems.append(f"state after forward differs at {worst} (max abs {res.state_max_abs:.3g})")
+        if named:
+            worst = max((_diff(x, y)[0] / max(float(np.abs(y).max()), 1e-300) for x, y in grads
+                         if x is not None and y is not None and x.shape == y.shape and y.size), default=0.0)
+            res.float32_constants = [f"{n} (measured here: {worst:.1e} of the largest gradient; bound "
+                                     f"{FLOAT32_CONSTANT_BOUND:.1e})" for n in named]
         if not fwd_ok or bad:
             res.first_divergence = first_divergence(a, b, inputs, tol)
         res.passed = not problems
@@ -303,18 +342,21 @@ def run_case(case: Case, mode: str, backends: tuple[str, str] = ("torch", "paddl
 
 
 def run_suite(cases: Iterable[Case], backends: tuple[str, str] = ("torch", "paddle"),
-              tol: Tolerance = Tolerance(), seed: int = 0, progress: bool = True) -> dict[str, Any]:
+              tol: Tolerance = Tolerance(), seed: int = 0, progress: bool = True,
+              dtype: str = "float32") -> dict[str, Any]:
     """Run every case in each of its modes; returns the JSON-ready report."""
     from tqdm import tqdm
 
     jobs = [(c, m) for c in cases for m in c.modes]
-    results = [run_case(c, m, backends, tol, seed)
+    results = [run_case(c, m, backends, tol, seed, dtype)
                for c, m in tqdm(jobs, desc="parity", unit="case", disable=not progress)]
     versions = {b: getattr(get_backend(b), "version", "?") for b in backends}
     failed = [r for r in results if not r.passed]
     return {
         "dualml": __version__, "backends": list(backends), "versions": versions,
-        "python": platform.python_version(), "tolerance": asdict(tol), "seed": seed,
+        "python": platform.python_version(), "tolerance": asdict(tol), "seed": seed, "dtype": dtype,
+        "machine": describe_cpu(),
+        "float32_constants": sorted({c.split(" (measured")[0] for r in results for c in r.float32_constants}),
         "summary": {"cases": len(results), "passed": len(results) - len(failed), "failed": len(failed),
                     "max_forward_abs": max((r.forward_max_abs for r in results if r.passed), default=0.0),
                     "max_grad_abs": max((r.grad_max_abs for r in results if r.passed), default=0.0)},
@@ -326,9 +368,13 @@ def markdown(report: dict[str, Any]) -> str:
     s = report["summary"]
     a, b = report["backends"]
     lines = [f"# dualml parity: {a} {report['versions'][a]} vs {b} {report['versions'][b]}", "",
-             f"{s['passed']}/{s['cases']} passed; tolerance {report['tolerance']}", "",
-             "| case | mode | result | fwd max abs | grad max abs | layout | first divergence / message |",
-             "|---|---|---|---|---|---|---|"]
+             f"{s['passed']}/{s['cases']} passed in {report.get('dtype', 'float32')}; tolerance "
+             f"{report['tolerance']}; CPU {report.get('machine', {}).get('cpu_flags', '?')}", ""]
+    if report.get("float32_constants"):
+        lines += ["Constants a framework keeps in float32 in these cases (named, bounded, not compensable):", ""]
+        lines += [f"- {c}" for c in report["float32_constants"]] + [""]
+    lines += ["| case | mode | result | fwd max abs | grad max abs | layout | first divergence / message |",
+              "|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         layout = "ok" if r["param_layout"] and r["tensor_layout"] else "DIFF"
         note = " ".join(x for x in (r["first_divergence"] or "", r["message"]) if x)

@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from .backend import Backend, get_backend
+from .backend import Backend, float32_held, get_backend
 from .build import (
     build,
     canonical_from_native_names,
+    check_dtype,
     get_weights,
     native_names_from_canonical,
     param_index,
@@ -113,7 +114,7 @@ class Trainer:
         compressed model). ``loss_fn(backend, logits, labels, x)`` replaces cross-entropy (knowledge
         distillation gets the numpy batch ``x`` to ask its teacher). ``after_step(trainer)`` runs
         after every optimizer update (re-applying pruning masks)."""
-        from .data import Loader, load_dataset
+        from .data import Loader, load_dataset, widen
 
         self.cfg = cfg
         self.t = cfg.trainer
@@ -132,12 +133,18 @@ class Trainer:
         if self.t.amp not in (None, "bf16", "fp16"):
             raise ConfigError(f"trainer.amp={self.t.amp} is not allowed; allowed: null, bf16, fp16")
         self.scaler = LossScaler() if self.t.amp == "fp16" else None
+        self.dtype = check_dtype("trainer.dtype", self.t.get("dtype", "float32"))
+        if self.dtype != "float32" and self.t.amp is not None:
+            raise ConfigError(f"trainer.amp={self.t.amp} with trainer.dtype={self.dtype} is not allowed; mixed "
+                              "precision needs trainer.dtype=float32")
         if self.t.early_stopping.monitor not in ("val_acc", "val_loss"):
             raise ConfigError(f"trainer.early_stopping.monitor={self.t.early_stopping.monitor} is not allowed; "
                               "allowed: val_acc, val_loss")
         sample_shape = tuple(self.model.input_spec(1)[0].shape[1:])
         data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
         self.data = dataset if dataset is not None else load_dataset(data_cfg, input_shape=sample_shape, seed=cfg.seed)
+        if self.dtype != "float32":  # widened once (exact), so batches and evaluation need no cast
+            self.data = widen(self.data, self.dtype)
         self.batch_size = int(data_cfg.get("batch_size", 64))
         self.loader = Loader(self.data.train, self.batch_size, shuffle=True, seed=cfg.seed,
                              drop_last=True, rank=self.rank, world_size=self.world_size)
@@ -147,11 +154,12 @@ class Trainer:
         self.sched = check_schedule(self.sched, self.total_steps, self.spec.lr, prefix="trainer.schedule",
                                     lr_key="trainer.optimizer.lr")
         # hot-path values as plain Python (OmegaConf attribute access costs microseconds each)
-        self.lrs = schedule(self.spec.lr, self.sched, self.total_steps).tolist()
+        # paddle holds the rate in float32: both backends get that value, so float64 runs agree
+        self.lrs = [float32_held(lr) for lr in schedule(self.spec.lr, self.sched, self.total_steps).tolist()]
         self.amp = self.t.amp
         self.clip_norm = None if self.t.clip_norm is None else float(self.t.clip_norm)
         self.seed = int(cfg.seed)
-        self.net = build(self.model, cfg.backend, seed=cfg.seed, weights=weights)
+        self.net = build(self.model, cfg.backend, seed=cfg.seed, weights=weights, dtype=self.dtype)
         self.loss_fn, self.after_step = loss_fn, after_step
         # re-seeding the framework RNG per step only matters when something draws from it (a user
         # loss_fn might); otherwise it is pure cost (~3% of an mlp step, bench_trainer)
@@ -171,6 +179,7 @@ class Trainer:
     def _check_data_fits(self) -> None:
         x = self.data.train.x[:2]
         dtype = str(self.model.input_spec(1)[0].dtype)
+        dtype = self.dtype if dtype == "float32" else dtype
         if str(x.dtype) != dtype:
             raise ConfigError(f"data {self.data.name} has dtype {x.dtype}; model {self.model_name} takes {dtype}")
         self.be.set_train(self.net, False)

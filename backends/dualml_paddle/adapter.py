@@ -16,6 +16,7 @@ from . import ops
 from .compress import PaddleCompress
 from .distributed import PaddleDistributed
 from .export import PaddleExport
+from .layers import FLOAT32_CONSTANTS
 from .quantization import PaddleQuantization
 from .training import PaddleTraining
 
@@ -28,6 +29,7 @@ class PaddleBackend(PaddleTraining, PaddleDistributed, PaddleExport, PaddleCompr
                                "_cast_to_low_precison", "name", "_name", "_weight_attr", "_bias_attr",
                                "_param_attr", "could_use_cudnn", "_use_cudnn"})
     version = paddle.__version__
+    float32_constants = FLOAT32_CONSTANTS
     module_base = paddle.nn.Layer
     ops = ops
 
@@ -54,7 +56,7 @@ class PaddleBackend(PaddleTraining, PaddleDistributed, PaddleExport, PaddleCompr
             state[k].set_value(np.array(v, order="C"))
 
     def grads(self, module: Any) -> dict[str, np.ndarray]:
-        return {k: (p.grad.numpy().copy() if p.grad is not None else np.zeros(p.shape, "float32"))
+        return {k: (p.grad.numpy().copy() if p.grad is not None else np.zeros(p.shape, self.dtype_name(p)))
                 for k, p in module.named_parameters()}
 
     def tensor(self, value: np.ndarray, requires_grad: bool = False, copy: bool = True) -> Any:
@@ -79,7 +81,9 @@ class PaddleBackend(PaddleTraining, PaddleDistributed, PaddleExport, PaddleCompr
         return list(layer.named_sublayers(include_self=True))
 
     def to_dtype(self, module: Any, dtype: str) -> None:
-        module.to(dtype=dtype)
+        # floating tensors only: ``Layer.to(dtype=)`` also casts the RNNs' uninitialised uint8
+        # ``_dropout_state`` buffer and fails ("PreconditionNotMet ... memory's size is 0")
+        module._to_impl(dtype=dtype, floating_only=True, include_sublayers=True)
 
     @contextmanager
     def hooks(self, leaves: dict[str, Any], pre: Callable | None = None,

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+_LOW = (torch.float16, torch.bfloat16)
 _TORCH_SLOTS = {"momentum_buffer": "momentum_buffer", "exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq"}
 
 
@@ -32,9 +33,10 @@ class TorchTraining:
             pg["lr"] = base_lr * g.lr_mult
 
     def cross_entropy(self, logits: Any, labels: Any) -> Any:
-        # the loss is always reduced in float32: under autocast the logits are bf16/fp16, and a
-        # low-precision log-sum-exp would round the loss (and its gradient) before it is even logged
-        if logits.dtype != torch.float32:  # .float() on float32 is a no-op but still a dispatcher round trip
+        # the loss is reduced in float32 at least: under autocast the logits are bf16/fp16, and a
+        # low-precision log-sum-exp would round the loss (and its gradient) before it is even logged;
+        # float64 logits (trainer.dtype=float64) stay float64
+        if logits.dtype in _LOW:  # .float() on float32 is a no-op but still a dispatcher round trip
             logits = logits.float()
         return torch.nn.functional.cross_entropy(logits, labels)
 
@@ -58,7 +60,8 @@ class TorchTraining:
         grads = [p.grad for p in module.parameters() if p.grad is not None]
         if not grads:
             return 0.0
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float() if g.dtype in _LOW else g)
+                                                     for g in grads]))
         if max_norm is not None:
             coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
             for g in grads:
