@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, not_allowed
 
 Init = Callable[[np.random.Generator, tuple[int, ...]], np.ndarray]
 
@@ -155,24 +155,60 @@ class Linear(Layer):
                 ("Linear-nobias-3d", cls(5, 7, bias=False), [InputSpec((2, 3, 5))])]
 
 
+PADDING_MODES = ("same", "valid")
+
+
 class _ConvNd(Layer):
+    """``padding`` is an int per spatial dim, or torch's strings: ``'valid'`` (no padding) and
+    ``'same'`` (output size = input size; stride 1 only, as in torch). For ``'same'`` the total
+    padding ``dilation * (kernel - 1)`` is split as torch does, the odd extra pixel on the
+    right/bottom: :meth:`pad_amounts` is that rule, in one place for every backend."""
+
     nd = 2
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Sequence[int],
-                 stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
+                 stride: int | Sequence[int] = 1, padding: int | Sequence[int] | str = 0,
                  dilation: int | Sequence[int] = 1, groups: int = 1, bias: bool = True) -> None:
         name = self.kind
         self.in_channels = _pos_int("in_channels", in_channels, name)
         self.out_channels = _pos_int("out_channels", out_channels, name)
         self.kernel_size = _tuple(kernel_size, self.nd)
         self.stride = _tuple(stride, self.nd)
-        self.padding = _tuple(padding, self.nd)
+        self.padding = self._check_padding(padding)
         self.dilation = _tuple(dilation, self.nd)
         self.groups = _pos_int("groups", groups, name)
         self.bias = bool(bias)
         if in_channels % groups or out_channels % groups:
             raise ConfigError(f"{name}: groups={groups} is not allowed; it must divide in_channels="
                               f"{in_channels} and out_channels={out_channels}")
+
+    def _check_padding(self, padding: Any) -> tuple[int, ...] | str:
+        if isinstance(padding, str):
+            if padding not in PADDING_MODES:
+                hint = f" (did you mean '{padding.lower()}'?)" if padding.lower() in PADDING_MODES else ""
+                raise ConfigError(f"{self.kind}: " + not_allowed("padding", repr(padding),
+                                                                  [*PADDING_MODES, "an int per spatial dim"]) + hint)
+            if padding == "same" and self.stride != (1,) * self.nd:
+                raise ConfigError(f"{self.kind}: padding='same' is not allowed with stride={self.stride}; "
+                                  "allowed: stride 1 (as in torch), or an explicit int padding")
+            return padding
+        try:
+            pads = _tuple(padding, self.nd)
+        except (TypeError, ValueError):
+            pads = ()
+        if len(pads) != self.nd or min(pads) < 0:
+            raise ConfigError(f"{self.kind}: padding={padding!r} is not allowed; allowed: same, valid, or "
+                              f"{self.nd} non-negative int(s)")
+        return pads
+
+    def pad_amounts(self) -> tuple[tuple[int, int], ...]:
+        """(before, after) zero padding per spatial dim, as torch applies it for every ``padding``."""
+        if self.padding == "valid":
+            return ((0, 0),) * self.nd
+        if self.padding == "same":
+            totals = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+            return tuple((t // 2, t - t // 2) for t in totals)
+        return tuple((p, p) for p in self.padding)
 
     def params(self):
         fan_in = self.in_channels // self.groups * math.prod(self.kernel_size)
@@ -197,7 +233,11 @@ class Conv1d(_ConvNd):
     def examples(cls):
         return [("Conv1d", cls(4, 6, 3, padding=1), [InputSpec((2, 4, 10))]),
                 ("Conv1d-stride-dil-groups", cls(4, 8, 3, stride=2, dilation=2, groups=2),
-                 [InputSpec((2, 4, 12))])]
+                 [InputSpec((2, 4, 12))]),
+                # even kernel: torch puts the odd padding pixel on the right
+                ("Conv1d-same-even-kernel", cls(3, 4, 4, padding="same"), [InputSpec((2, 3, 9))]),
+                ("Conv1d-same-dilated", cls(3, 4, 4, padding="same", dilation=3), [InputSpec((2, 3, 11))]),
+                ("Conv1d-valid", cls(3, 4, 3, stride=2, padding="valid"), [InputSpec((2, 3, 10))])]
 
 
 class Conv2d(_ConvNd):
@@ -211,7 +251,13 @@ class Conv2d(_ConvNd):
                 ("Conv2d-stride-pad-dil", cls(4, 6, (3, 2), stride=(2, 1), padding=(1, 2),
                                               dilation=(2, 1)), [InputSpec((2, 4, 9, 7))]),
                 ("Conv2d-groups", cls(6, 9, 3, groups=3, bias=False), [InputSpec((2, 6, 7, 7))]),
-                ("Conv2d-depthwise", cls(4, 4, 3, padding=1, groups=4), [InputSpec((1, 4, 6, 6))])]
+                ("Conv2d-depthwise", cls(4, 4, 3, padding=1, groups=4), [InputSpec((1, 4, 6, 6))]),
+                ("Conv2d-same-odd", cls(3, 4, 3, padding="same"), [InputSpec((2, 3, 7, 6))]),
+                # even and mixed kernels, dilated: odd totals put the extra pixel right/bottom
+                ("Conv2d-same-even-kernel-dilated", cls(3, 4, (4, 2), padding="same", dilation=(2, 3)),
+                 [InputSpec((2, 3, 9, 8))]),
+                ("Conv2d-same-even-kernel", cls(2, 3, 2, padding="same", bias=False), [InputSpec((2, 2, 5, 5))]),
+                ("Conv2d-valid", cls(3, 4, 3, stride=2, padding="valid"), [InputSpec((2, 3, 7, 7))])]
 
 
 class ConvTranspose2d(Layer):
@@ -353,11 +399,23 @@ class GroupNorm(Layer):
 
 
 class Embedding(Layer):
-    """Canonical ``weight`` is [num_embeddings, embedding_dim] in both frameworks."""
+    """Canonical ``weight`` is [num_embeddings, embedding_dim] in both frameworks.
+
+    ``padding_idx`` has torch's meaning on every backend: the row is initialised to zero and gets no
+    gradient, but it is *read* like any other row, so a checkpoint whose padding row is not zero
+    gives its values (paddle's own Embedding outputs zeros for that index whatever the row holds).
+    A negative index counts from the end and is stored as the non-negative one, as torch does."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None) -> None:
         self.num_embeddings = _pos_int("num_embeddings", num_embeddings, "Embedding")
         self.embedding_dim = _pos_int("embedding_dim", embedding_dim, "Embedding")
+        if padding_idx is not None:
+            n = self.num_embeddings
+            if (not isinstance(padding_idx, (int, np.integer)) or isinstance(padding_idx, bool)
+                    or not -n <= padding_idx < n):
+                raise ConfigError(f"Embedding: padding_idx={padding_idx!r} is not allowed; allowed: None or an "
+                                  f"int in [-{n}, {n}) (num_embeddings={n})")
+            padding_idx = int(padding_idx) % n
         self.padding_idx = padding_idx
 
     def params(self):
@@ -379,7 +437,10 @@ class Embedding(Layer):
 
     @classmethod
     def examples(cls):
-        return [("Embedding", cls(11, 4), [InputSpec((2, 5), "int64", 0, 11)])]
+        # ids 1..3 around padding_idx=2 (the parity input holds it twice); parity's random
+        # weights make that row non-zero, so the suite checks it is read and gets no gradient
+        return [("Embedding", cls(11, 4), [InputSpec((2, 5), "int64", 0, 11)]),
+                ("Embedding-padding_idx", cls(6, 4, padding_idx=2), [InputSpec((3, 4), "int64", 1, 4)])]
 
 
 class Dropout(Layer):
@@ -437,9 +498,13 @@ class MultiheadAttention(Layer):
     @classmethod
     def examples(cls):
         e = [InputSpec((2, 5, 8))]
+        cross = [InputSpec((2, 3, 8)), InputSpec((2, 6, 8)), InputSpec((2, 6, 8))]
+        # per-head masks [batch*heads, L, S] (torch's 3-d attn_mask): boolean (True = may not attend;
+        # ~25% blocked, no row fully blocked in the parity sample) and float (added to the logits)
         return [("MultiheadAttention-self", cls(8, 2), e * 3),
-                ("MultiheadAttention-cross", cls(8, 4, bias=False), [InputSpec((2, 3, 8)), InputSpec((2, 6, 8)),
-                                                                      InputSpec((2, 6, 8))])]
+                ("MultiheadAttention-cross", cls(8, 4, bias=False), cross),
+                ("MultiheadAttention-3d-bool-mask", cls(8, 2), [*cross, InputSpec((4, 3, 6), "bool", high=0.25)]),
+                ("MultiheadAttention-3d-float-mask", cls(8, 2), [*cross, InputSpec((4, 3, 6), low=-2, high=2)])]
 
 
 class _RNN(Layer):

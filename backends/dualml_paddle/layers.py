@@ -15,6 +15,7 @@ from paddle import nn
 
 from dualml import layers as L
 from dualml.backend import Rule, implements, prefixed, rename, same
+from dualml.errors import LayerInputError
 
 P = "paddle"
 
@@ -29,9 +30,19 @@ def linear_rules(s: Any = None) -> list[Rule]:
 
 implements(L.Linear, P, rules=linear_rules)(
     lambda s: nn.Linear(s.in_features, s.out_features, bias_attr=_bias(s.bias)))
+def conv_padding(s: Any) -> Any:
+    """Explicit zero padding from the neutral rule (torch's, ``pad_amounts``): paddle's own 'SAME'
+    ignores dilation, so strings are never passed. Symmetric pads as one int per dim (what a
+    hand-written paddle conv holds), otherwise [before, after] per dim."""
+    pads = s.pad_amounts()
+    if all(a == b for a, b in pads):
+        return tuple(a for a, _ in pads)
+    return [p for pair in pads for p in pair]
+
+
 for _cls, _native in ((L.Conv1d, nn.Conv1D), (L.Conv2d, nn.Conv2D)):
-    implements(_cls, P)(lambda s, n=_native: n(s.in_channels, s.out_channels, s.kernel_size, s.stride, s.padding,
-                                               s.dilation, s.groups, bias_attr=_bias(s.bias)))
+    implements(_cls, P)(lambda s, n=_native: n(s.in_channels, s.out_channels, s.kernel_size, s.stride,
+                                               conv_padding(s), s.dilation, s.groups, bias_attr=_bias(s.bias)))
 implements(L.ConvTranspose2d, P)(lambda s: nn.Conv2DTranspose(
     s.in_channels, s.out_channels, s.kernel_size, s.stride, s.padding, s.output_padding,
     dilation=s.dilation, groups=s.groups, bias_attr=_bias(s.bias)))
@@ -87,7 +98,20 @@ implements(L.LayerNorm, P, rules=flat_rules)(lambda s: nn.LayerNorm(
     list(s.normalized_shape), s.eps, weight_attr=_bias(s.elementwise_affine), bias_attr=_bias(s.elementwise_affine)))
 implements(L.GroupNorm, P)(lambda s: nn.GroupNorm(
     s.num_groups, s.num_channels, s.eps, weight_attr=_bias(s.affine), bias_attr=_bias(s.affine)))
-implements(L.Embedding, P)(lambda s: nn.Embedding(s.num_embeddings, s.embedding_dim, s.padding_idx))
+class Embedding(nn.Embedding):
+    """paddle's Embedding with torch's ``padding_idx`` meaning: the padding row is read (paddle's
+    lookup outputs zeros there whatever the row holds) and, as in both frameworks, gets no gradient:
+    the lookup skips the row in backward and the value put back is detached."""
+
+    def forward(self, x: Any) -> Any:
+        out = nn.Embedding.forward(self, x)
+        if self._padding_idx is None:
+            return out
+        row = self.weight[self._padding_idx].detach()
+        return paddle.where((x == self._padding_idx).unsqueeze(-1), row.expand_as(out), out)
+
+
+implements(L.Embedding, P)(lambda s: Embedding(s.num_embeddings, s.embedding_dim, s.padding_idx))
 implements(L.Dropout, P)(lambda s: nn.Dropout(s.p))
 def _rnn_forward(base: type, layer: Any, inputs: Any, initial_states: Any, sequence_length: Any) -> Any:
     """Paddle's CPU rnn kernel keeps no state for backward when ``is_test`` (eval mode), so a
@@ -135,12 +159,22 @@ implements(L.Flatten, P)(lambda s: nn.Flatten(s.start_dim, s.end_dim))
 
 
 # --------------------------------------------------------------------------- attention
-def additive_mask(attn_mask: Any = None, key_padding_mask: Any = None) -> Any:
-    """torch-convention masks (bool True = blocked, float = added) -> paddle's additive float mask."""
+def additive_mask(attn_mask: Any = None, key_padding_mask: Any = None, query: Any = None,
+                  num_heads: int = 1) -> Any:
+    """torch-convention masks (bool True = blocked, float = added) -> paddle's additive float mask,
+    broadcastable to [batch, heads, L, S]. A 3-d ``attn_mask`` is torch's per-head form
+    [batch*heads, L, S] (row b*heads + h), reshaped to [batch, heads, L, S]."""
     mask = None
     if attn_mask is not None:
         mask = (paddle.where(attn_mask, paddle.full(attn_mask.shape, float("-inf")),
                              paddle.zeros(attn_mask.shape)) if attn_mask.dtype == paddle.bool else attn_mask)
+        if mask.ndim == 3:
+            batch = query.shape[0]
+            if mask.shape[0] != batch * num_heads:
+                raise LayerInputError(f"MultiheadAttention: attn_mask of shape {list(mask.shape)} is not allowed "
+                                      f"for batch={batch}, num_heads={num_heads}; allowed: [L, S] or "
+                                      f"[{batch * num_heads}, L, S] (batch*num_heads, as in torch)")
+            mask = mask.reshape([batch, num_heads, *mask.shape[1:]])
     if key_padding_mask is not None:
         kpm = key_padding_mask
         kpm = (paddle.where(kpm, paddle.full(kpm.shape, float("-inf")), paddle.zeros(kpm.shape))
@@ -155,8 +189,8 @@ class MultiHeadAttention(nn.MultiHeadAttention):
 
     def forward(self, query: Any, key: Any = None, value: Any = None, attn_mask: Any = None,
                 key_padding_mask: Any = None) -> Any:
-        return nn.MultiHeadAttention.forward(self, query, key, value,
-                                            attn_mask=additive_mask(attn_mask, key_padding_mask))
+        mask = additive_mask(attn_mask, key_padding_mask, query, self.num_heads)
+        return nn.MultiHeadAttention.forward(self, query, key, value, attn_mask=mask)
 
 
 def mha_rules(s: Any) -> list[Rule]:
@@ -172,7 +206,8 @@ class TransformerEncoderLayer(nn.TransformerEncoderLayer):
     """paddle's encoder layer with torch's mask convention and a key-padding mask."""
 
     def forward(self, src: Any, src_mask: Any = None, src_key_padding_mask: Any = None) -> Any:
-        return nn.TransformerEncoderLayer.forward(self, src, additive_mask(src_mask, src_key_padding_mask))
+        mask = additive_mask(src_mask, src_key_padding_mask, src, self.self_attn.num_heads)
+        return nn.TransformerEncoderLayer.forward(self, src, mask)
 
 
 def encoder_rules(s: Any) -> list[Rule]:
