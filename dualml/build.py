@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .backend import Backend, from_canonical, get_backend, layer_impl, same, to_canonical
-from .errors import BackendError, DualmlError, LayerInputError, WeightsError
+from .errors import BackendError, ConfigError, DualmlError, LayerInputError, WeightsError, not_allowed
 from .layers import Layer
 from .module import Buffer, Module, ModuleList, Parameter, Sequential, init_weights, join, manifest
 
@@ -75,16 +75,46 @@ def _build_node(node: Module | Layer, be: Backend, root: bool = False) -> Any:
     return native
 
 
+#: floating dtypes a whole model can be built in: float32 (normal use) and float64, the reference
+#: in which both backends must compute the same function to ~1e-10 (kernel choice no longer matters)
+DTYPES = ("float32", "float64")
+
+
+def check_dtype(key: str, value: Any) -> str:
+    """``value`` as a model dtype name, or a one-line ConfigError naming ``key`` and what is allowed."""
+    if value not in DTYPES:
+        raise ConfigError(not_allowed(key, value, DTYPES))
+    return str(value)
+
+
+def model_dtype(native: Any) -> str:
+    """The floating dtype a dualml-built native model computes in (``build(..., dtype=)``)."""
+    return getattr(native, "_dualml_dtype", "float32")
+
+
+def as_dtype(weights: dict[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:
+    """Floating canonical arrays in ``dtype`` (float32 -> float64 is exact); others unchanged."""
+    return {k: (np.asarray(v, dtype) if np.issubdtype(np.asarray(v).dtype, np.floating) else v)
+            for k, v in weights.items()}
+
+
 def build(model: Module | Layer, backend: str = "torch", seed: int = 0,
-          weights: dict[str, np.ndarray] | None = None) -> Any:
+          weights: dict[str, np.ndarray] | None = None, dtype: str = "float32") -> Any:
     """Build ``model`` as a native module of ``backend`` with canonical ``weights`` (default: the
     seeded initial weights, identical on every backend). Returns ``torch.nn.Module`` or
-    ``paddle.nn.Layer``."""
+    ``paddle.nn.Layer``.
+
+    ``dtype='float64'`` casts every floating parameter and buffer before the weights are loaded, so
+    float32 weights widen exactly and float64 ones (a float64 checkpoint) arrive unrounded."""
+    check_dtype("dtype", dtype)
     be = get_backend(backend)
     native = _build_node(model, be, root=True)
     object.__setattr__(native, "_dualml_model", model)
     object.__setattr__(native, "_dualml_backend", be.name)
-    set_weights(native, init_weights(model, seed) if weights is None else weights)
+    object.__setattr__(native, "_dualml_dtype", dtype)
+    if dtype != "float32":
+        be.to_dtype(native, dtype)
+    set_weights(native, as_dtype(init_weights(model, seed) if weights is None else weights, dtype))
     be.set_train(native, False)
     return native
 
@@ -180,8 +210,9 @@ class LoadReport:
         return " | ".join(parts)
 
 
-def check_weights(model: Module | Layer, weights: dict[str, np.ndarray]) -> LoadReport:
-    """Compare weights with the model's canonical manifest without touching anything."""
+def check_weights(model: Module | Layer, weights: dict[str, np.ndarray], dtype: str = "float32") -> LoadReport:
+    """Compare weights with the model's canonical manifest without touching anything. ``dtype``:
+    the floating dtype the model was built in (its float32 specs then expect that dtype)."""
     expected = manifest(model)
     rep = LoadReport()
     for name, spec in expected.items():
@@ -191,8 +222,8 @@ def check_weights(model: Module | Layer, weights: dict[str, np.ndarray]) -> Load
         arr = np.asarray(weights[name])
         if tuple(arr.shape) != spec.shape:
             rep.mismatched.append(f"{name} shape {list(arr.shape)}, model expects {list(spec.shape)}")
-        elif str(arr.dtype) != spec.dtype:
-            rep.mismatched.append(f"{name} dtype {arr.dtype}, model expects {spec.dtype}")
+        elif str(arr.dtype) != (want := dtype if spec.dtype == "float32" else spec.dtype):
+            rep.mismatched.append(f"{name} dtype {arr.dtype}, model expects {want}")
         else:
             rep.loaded.append(name)
     rep.unexpected = [k for k in weights if k not in expected]
@@ -204,7 +235,7 @@ def set_weights(native: Any, weights: dict[str, np.ndarray], strict: bool = True
     one error listing all of them and nothing is loaded. ``strict=False`` loads what matches and
     returns the report of the rest."""
     model, be = neutral_of(native)
-    rep = check_weights(model, weights)
+    rep = check_weights(model, weights, model_dtype(native))
     if strict and not rep.ok:
         raise WeightsError(f"weights do not fit {type(model).__name__} ({be.name}): {rep.problems()}")
     ok = set(rep.loaded)
@@ -226,7 +257,7 @@ def set_weights(native: Any, weights: dict[str, np.ndarray], strict: bool = True
 def convert(native: Any, backend: str) -> Any:
     """The same model on another backend with bit-identical canonical weights."""
     model, be = neutral_of(native)
-    out = build(model, backend, weights=get_weights(native))
+    out = build(model, backend, weights=get_weights(native), dtype=model_dtype(native))
     get_backend(backend).set_train(out, getattr(native, "training", False))
     return out
 
@@ -236,6 +267,10 @@ def _same_hparam(a: Any, b: Any) -> bool:
     left to its default on one side."""
     if a is None or b is None:  # "use the default" (paddle pools: stride=None = kernel size)
         return True
+    if isinstance(a, float) and isinstance(b, float):
+        # dualml hands torch the values paddle holds in float32: eps as f32(eps), BatchNorm momentum as
+        # 1 - f32(1 - m) (0.10000002 for 0.1), so equal in float32 either way round is the same setting
+        return bool(np.float32(a) == np.float32(b) or np.float32(1.0 - a) == np.float32(1.0 - b))
     if isinstance(a, tuple) != isinstance(b, tuple):
         scalar, seq = (b, a) if isinstance(a, tuple) else (a, b)
         return all(x == scalar for x in seq)

@@ -15,6 +15,7 @@ from paddle import nn
 
 from dualml import layers as L
 from dualml.backend import Rule, implements, prefixed, rename, same
+from dualml.backend import float32_held as f32
 from dualml.errors import LayerInputError
 
 P = "paddle"
@@ -87,7 +88,7 @@ class BatchNorm2D(nn.BatchNorm2D):
 
 for _cls, _native in ((L.BatchNorm1d, BatchNorm1D), (L.BatchNorm2d, BatchNorm2D)):
     implements(_cls, P, rules=bn_rules)(lambda s, n=_native: n(
-        s.num_features, momentum=1.0 - s.momentum, epsilon=s.eps,
+        s.num_features, momentum=f32(1.0 - s.momentum), epsilon=s.eps,  # the kernel's float32 value, for the correction
         weight_attr=None if s.affine else False, bias_attr=None if s.affine else False))
 def flat_rules(s: Any) -> list[Rule]:
     """paddle's LayerNorm stores weight/bias flattened to [prod(normalized_shape)]."""
@@ -147,6 +148,12 @@ implements(L.AvgPool2d, P)(lambda s: nn.AvgPool2D(s.kernel_size, s.stride, s.pad
                                                   exclusive=False))
 implements(L.AdaptiveAvgPool1d, P)(lambda s: nn.AdaptiveAvgPool1D(s.output_size))
 implements(L.AdaptiveAvgPool2d, P)(lambda s: nn.AdaptiveAvgPool2D(s.output_size))
+
+#: measured in float64 against torch (dualml parity parity.dtype=float64): paddle 2.6's average-pool
+#: backward scales by 1/window held in float32, so a float64 input gradient is off by up to 2^-24
+#: relative per window (3e-8 measured; exact when the window size is a power of two, as in the zoo)
+FLOAT32_CONSTANTS = {k: "average-pool backward multiplies by 1/window held in float32 (relative error <= 2^-24)"
+                     for k in (L.AvgPool1d, L.AvgPool2d, L.AdaptiveAvgPool1d, L.AdaptiveAvgPool2d)}
 implements(L.AdaptiveMaxPool2d, P)(lambda s: nn.AdaptiveMaxPool2D(s.output_size))
 for _cls, _native in ((L.ReLU, nn.ReLU), (L.SiLU, nn.Silu), (L.Sigmoid, nn.Sigmoid), (L.Tanh, nn.Tanh),
                       (L.Identity, nn.Identity)):

@@ -13,6 +13,7 @@ from torch import nn
 
 from dualml import layers as L
 from dualml.backend import Rule, implements, prefixed, same
+from dualml.backend import float32_held as f32
 
 T = "torch"
 
@@ -28,10 +29,15 @@ for _cls, _native in ((L.Conv1d, nn.Conv1d), (L.Conv2d, nn.Conv2d)):
 _simple(L.ConvTranspose2d, lambda s: nn.ConvTranspose2d(
     s.in_channels, s.out_channels, s.kernel_size, s.stride, s.padding, s.output_padding, s.groups,
     bias=s.bias, dilation=s.dilation))
-_simple(L.BatchNorm1d, lambda s: nn.BatchNorm1d(s.num_features, s.eps, s.momentum, s.affine))
-_simple(L.BatchNorm2d, lambda s: nn.BatchNorm2d(s.num_features, s.eps, s.momentum, s.affine))
-_simple(L.LayerNorm, lambda s: nn.LayerNorm(s.normalized_shape, s.eps, s.elementwise_affine))
-_simple(L.GroupNorm, lambda s: nn.GroupNorm(s.num_groups, s.num_channels, s.eps, s.affine))
+# paddle keeps these attributes in float32 (BatchNorm its momentum as 1 - m): torch gets the same values
+def _bn_momentum(m: float) -> float:
+    return 1.0 - f32(1.0 - m)
+
+
+_simple(L.BatchNorm1d, lambda s: nn.BatchNorm1d(s.num_features, f32(s.eps), _bn_momentum(s.momentum), s.affine))
+_simple(L.BatchNorm2d, lambda s: nn.BatchNorm2d(s.num_features, f32(s.eps), _bn_momentum(s.momentum), s.affine))
+_simple(L.LayerNorm, lambda s: nn.LayerNorm(s.normalized_shape, f32(s.eps), s.elementwise_affine))
+_simple(L.GroupNorm, lambda s: nn.GroupNorm(s.num_groups, s.num_channels, f32(s.eps), s.affine))
 _simple(L.Embedding, lambda s: nn.Embedding(s.num_embeddings, s.embedding_dim, s.padding_idx))
 _simple(L.Dropout, lambda s: nn.Dropout(s.p))
 _simple(L.LSTM, lambda s: nn.LSTM(s.input_size, s.hidden_size, s.num_layers, batch_first=True,
@@ -50,7 +56,7 @@ for _cls, _native in ((L.ReLU, nn.ReLU), (L.SiLU, nn.SiLU), (L.Sigmoid, nn.Sigmo
     _simple(_cls, lambda s, n=_native: n())
 _simple(L.GELU, lambda s: nn.GELU(approximate=s.approximate))
 _simple(L.Softmax, lambda s: nn.Softmax(dim=s.dim))
-_simple(L.LeakyReLU, lambda s: nn.LeakyReLU(s.negative_slope))
+_simple(L.LeakyReLU, lambda s: nn.LeakyReLU(f32(s.negative_slope)))
 _simple(L.PReLU, lambda s: nn.PReLU(s.num_parameters, s.init))
 _simple(L.Flatten, lambda s: nn.Flatten(s.start_dim, s.end_dim))
 
@@ -89,4 +95,4 @@ def encoder_rules(s: Any) -> list[Rule]:
 @implements(L.TransformerEncoderLayer, T, rules=encoder_rules)
 def _encoder(s: L.TransformerEncoderLayer) -> nn.Module:
     return nn.TransformerEncoderLayer(s.d_model, s.nhead, s.dim_feedforward, s.dropout, s.activation,
-                                      s.layer_norm_eps, batch_first=True, norm_first=s.norm_first)
+                                      f32(s.layer_norm_eps), batch_first=True, norm_first=s.norm_first)
