@@ -15,6 +15,7 @@ from .errors import DualmlError
 COMMANDS = {
     "train": "train `model` on `data` with `trainer` settings on `backend`; prints the run folder",
     "parity": "run the parity suite between `backend` and `parity.against`",
+    "curves": "train the config on `backend` and `parity.against` in float64 and float32; same training?",
     "demo": "build `model` on both backends from one seed, move weights through safetensors, compare",
     "layout": "print the canonical weight layout of `model` and each backend's native names",
     "export": "export `backend`'s model (from export.checkpoint) to ONNX, verify it in ONNX Runtime",
@@ -30,7 +31,7 @@ COMMANDS = {
 EXTERNAL = {"export": "dualml.onnx_export:cmd_export", "predict": "dualml.serve:cmd_predict",
             "serve": "dualml.serve:cmd_serve", "compress": "dualml.compress.pipeline:cmd_compress",
             "bench": "dualml.bench:cmd_bench", "decide": "dualml.decide:cmd_decide",
-            "estimate": "dualml.estimate:cmd_estimate"}
+            "estimate": "dualml.estimate:cmd_estimate", "curves": "dualml.curves:cmd_curves"}
 #: commands whose own config section's keys may be given bare (``out=m.onnx`` = ``export.out=m.onnx``);
 #: a bare word (no ``=``) is that section's ``model``
 SECTIONS = {"export": "export", "predict": "predict", "serve": "serve", "decide": "decide"}

@@ -1,44 +1,77 @@
-"""Same config and seed => same loss curve: 100 steps on torch and paddle, per-step training loss
-within 1e-4 relative, dropout off, for mlp and cnn with SGD (momentum, Nesterov), Adam and AdamW.
+"""Same config and seed => same training on both backends, judged so it holds on any CPU.
 
-Adam and AdamW run at their usual lr=1e-3. At lr=1e-2 on cnn the curves drift apart to 5e-4 (Adam)
-and 4e-3 (AdamW) relative by step 100: some conv2 gradients are ~1e-9, below Adam's eps (1e-8),
-where the update g/(|g|+eps) turns ~1e-11 of summation-order noise into a visible step, and the
-difference grows from there (measured; SGD stays at 2e-7). That is float sensitivity, not a
-semantic difference: the first five steps agree exactly.
+float64 is the authority: 100 steps, per-step loss within 1e-9 relative (measured ~1e-13), for every
+optimizer at its usual and a high lr. In float32 the curves are compared with the run's own
+sensitivity, measured in the same run (each backend again from weights nudged by one ulp): the
+early steps must agree and the cross-backend divergence must stay within 10x that envelope. A fixed
+fp32 bound over 100 steps would be a property of the machine (a max-pool tie picked one of two
+trajectories on an AVX512 CPU and the other on AVX2), not of the library. See dualml/curves.py.
 """
 import zlib  # noqa: F401
 
 import numpy as np
 import pytest
 
-from dualml.config import load_config
-from dualml.trainer import Trainer
-
-OPTIMIZERS = {
-    "sgd-momentum": ["trainer.optimizer.name=sgd", "trainer.optimizer.lr=0.05", "trainer.optimizer.momentum=0.9",
-                     "trainer.optimizer.weight_decay=1e-4"],
-    "sgd-nesterov": ["trainer.optimizer.name=sgd", "trainer.optimizer.lr=0.05", "trainer.optimizer.momentum=0.9",
-                     "trainer.optimizer.nesterov=true"],
-    "adam": ["trainer.optimizer.name=adam", "trainer.optimizer.lr=1e-3", "trainer.optimizer.weight_decay=1e-4"],
-    "adamw": ["trainer.optimizer.name=adamw", "trainer.optimizer.lr=1e-3", "trainer.optimizer.weight_decay=0.01"],
-}
+from dualml.curves import EARLY_RTOL, FLOAT64_RTOL, MODELS, OPTIMIZERS, _nudged, run_curve
 
 
-def curve(backend: str, model: str, overrides: list[str]) -> np.ndarray:
-    cfg = load_config([f"backend={backend}", f"model={model}", "trainer.max_steps=100", *overrides])
-    t = Trainer(cfg, write=False, progress=False)
-    t.fit()
-    return np.array([r["loss"] for r in t.history.steps])
+def _msg(r) -> str:
+    return (f"{r.label} [{r.dtype}]: cross max {r.max_cross:.2e} (early {r.early_max:.2e}), self {r.max_self:.2e}, "
+            f"ratio {r.ratio:.2f}, parts at step {r.first_part}, cause {r.cause[:2]}; criterion: {r.criterion}")
 
 
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
-def test_same_seed_same_loss_curve(model, optimizer):
-    a = curve("torch", model, OPTIMIZERS[optimizer])
-    b = curve("paddle", model, OPTIMIZERS[optimizer])
-    assert len(a) == len(b) == 100
-    rel = np.abs(a - b) / np.abs(a)
-    i = int(rel.argmax())
-    assert rel.max() <= 1e-4, f"step {i}: torch {a[i]} paddle {b[i]} rel {rel.max():.2e}"
-    assert a[-1] < 0.9 * a[0]  # it trained (cnn with Adam at 1e-3: 2.35 -> 1.90 in 100 steps)
+def test_float64_curves_agree(model, optimizer):
+    r = run_curve(f"{model}/{optimizer}", [*MODELS[model], *OPTIMIZERS[optimizer]], dtype="float64")
+    assert r.passed and r.max_cross <= FLOAT64_RTOL, _msg(r)
+    loss = np.array(r.losses["torch"])
+    assert loss[-10:].mean() < 0.9 * loss[0], f"{r.label} did not train: {loss[0]:.3f} -> {loss[-1]:.3f}"
+
+
+@pytest.mark.parametrize("optimizer", ["sgd-nesterov", "adam-hi"])
+@pytest.mark.parametrize("model", ["transformer", "resnet"])
+def test_float64_curves_agree_deeper_models(model, optimizer):
+    r = run_curve(f"{model}/{optimizer}", [*MODELS[model], *OPTIMIZERS[optimizer]], dtype="float64")
+    assert r.passed and r.max_cross <= FLOAT64_RTOL, _msg(r)
+
+
+#: every optimizer at its usual lr on both models, plus cnn at Adam 1e-2, the run that is sensitive from
+#: its first steps (gradients below eps); the whole matrix is benchmarks/bench_curves.py
+FLOAT32_CASES = [(m, o) for m in ("mlp", "cnn") for o in ("sgd-momentum", "sgd-nesterov", "adam", "adamw")]
+FLOAT32_CASES.append(("cnn", "adam-hi"))
+
+
+@pytest.mark.parametrize("model,optimizer", FLOAT32_CASES)
+def test_float32_curves_within_their_own_noise(model, optimizer):
+    r = run_curve(f"{model}/{optimizer}", [*MODELS[model], *OPTIMIZERS[optimizer]], dtype="float32")
+    assert r.passed, _msg(r)
+    assert len(r.self_div) == len(r.cross) == 100 and r.max_self > 0  # the envelope was really measured
+
+
+def test_the_envelope_criterion_can_fail():
+    """A real semantic difference (paddle trained at a 2% higher lr) must fail the float32 criterion:
+    the envelope absorbs float32 noise, not a different training."""
+    from dualml import curves
+
+    over = [*MODELS["mlp"], *OPTIMIZERS["sgd-momentum"]]
+    original = curves._trainer
+
+    def skewed(overrides, backend, dtype, steps, weights=None):
+        extra = ["trainer.optimizer.lr=0.051"] if backend == "paddle" else []
+        return original([*overrides, *extra], backend, dtype, steps, weights)
+
+    curves._trainer = skewed
+    try:
+        r = run_curve("mlp/sgd-momentum-skewed", over, steps=30)
+    finally:
+        curves._trainer = original
+    assert not r.passed, _msg(r)
+    assert r.early_max > EARLY_RTOL
+
+
+def test_nudge_is_one_ulp():
+    w = {"a": np.array([1.0, -2.0, 0.0], np.float32), "i": np.array([3], np.int64)}
+    n = _nudged(w)
+    assert n["a"].dtype == np.float32 and np.all(n["a"] > w["a"])
+    assert np.all(np.nextafter(w["a"], np.inf) == n["a"]) and n["i"] is w["i"]

@@ -1,0 +1,293 @@
+"""Training-curve parity: the same config and seed trained on two backends, judged so that the verdict
+means the same on every CPU.
+
+float64 is the authority: there the two backends must train the same to ``FLOAT64_RTOL`` per step
+(measured ~1e-13 over 100 steps for mlp, cnn, transformer and a narrow resnet, any optimizer and lr).
+
+In float32 the curves agree for a while and then may part: kernel choice (AVX2 vs AVX512, oneDNN)
+changes the last bits, and a max-pool window whose top two values are within rounding, or a ReLU
+input within rounding of zero, sends the run down one of two trajectories. How far that can go is
+a property of the trajectory, not of the library, so it is measured in the same run: each backend is
+trained again from its initial weights nudged by one ulp (``self`` divergence). The cross-backend
+curve passes when its first ``EARLY_STEPS`` steps agree within ``EARLY_RTOL`` and it never leaves
+``ENVELOPE_MULTIPLE`` times the self-divergence envelope (floored at ``EARLY_RTOL``: anything smaller
+is float32 noise). The report names the first step where the backends part by more than
+``PART_RTOL`` and, where one is found in the steps just before it, the kink that did it.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+FLOAT64_RTOL = 1e-9
+EARLY_STEPS = 10
+EARLY_RTOL = 1e-5
+ENVELOPE_MULTIPLE = 10.0
+PART_RTOL = 1e-6
+#: a kink closer than this (relative to the layer input's largest magnitude) can flip with rounding
+KINK_RTOL = 1e-6
+
+
+def _sgd(lr: float, **kw: Any) -> list[str]:
+    extra = [f"trainer.optimizer.{k}={v}" for k, v in kw.items()]
+    return ["trainer.optimizer.name=sgd", f"trainer.optimizer.lr={lr}", "trainer.optimizer.momentum=0.9", *extra]
+
+
+def _adam(name: str, lr: float, wd: float) -> list[str]:
+    return [f"trainer.optimizer.name={name}", f"trainer.optimizer.lr={lr}", f"trainer.optimizer.weight_decay={wd}"]
+
+
+#: the optimizer settings every curve check runs, each at its usual lr and at a high one
+OPTIMIZERS: dict[str, list[str]] = {
+    "sgd-momentum": _sgd(0.05, weight_decay=1e-4), "sgd-momentum-hi": _sgd(0.2, weight_decay=1e-4),
+    "sgd-nesterov": _sgd(0.05, nesterov="true"), "sgd-nesterov-hi": _sgd(0.2, nesterov="true"),
+    "adam": _adam("adam", 1e-3, 1e-4), "adam-hi": _adam("adam", 1e-2, 1e-4),
+    "adamw": _adam("adamw", 1e-3, 0.01), "adamw-hi": _adam("adamw", 1e-2, 0.01),
+}
+#: the models, on digits: the transformer reads the 8 image rows as 8 feature tokens; ``resnet`` is
+#: ResNet-18's topology at width 8 (0.18M params) on 1x8x8 inputs
+MODELS: dict[str, list[str]] = {
+    "mlp": ["model=mlp"], "cnn": ["model=cnn"],
+    "transformer": ["model=transformer", "model.vocab_size=null"],
+    "resnet": ["model=resnet18", "model.width=8", "model.in_channels=1", "model.image_size=8", "model.num_classes=10"],
+}
+
+
+@dataclass
+class CurveResult:
+    label: str
+    dtype: str
+    backends: tuple[str, str]
+    losses: dict[str, list[float]] = field(default_factory=dict)
+    cross: list[float] = field(default_factory=list)       # |a - b| / |a| per step
+    self_div: list[float] = field(default_factory=list)    # max over backends of |x - x_nudged| / |x|
+    max_cross: float = 0.0
+    max_self: float = 0.0
+    ratio: float = 0.0                                     # max_cross / max(max_self, EARLY_RTOL)
+    early_max: float = 0.0
+    first_part: int | None = None                          # 1-based step where cross > PART_RTOL first
+    cause: list[str] = field(default_factory=list)
+    criterion: str = ""
+    passed: bool = False
+
+
+def _nudged(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every floating weight moved one ulp towards +inf: a perturbation below any kernel's rounding."""
+    return {k: (np.nextafter(v, np.inf).astype(v.dtype) if np.issubdtype(v.dtype, np.floating) else v)
+            for k, v in weights.items()}
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.abs(a - b) / np.maximum(np.abs(a), 1e-30)
+
+
+def _batches(t: Any, steps: int):
+    """The Trainer's own batch sequence (epoch order seeded by (seed, epoch)), as fit() draws it."""
+    epoch = 0
+    while True:
+        t.loader.set_epoch(epoch)
+        for batch in t.loader:
+            if t.step >= steps:
+                return
+            yield [batch]
+        epoch += 1
+        t.epoch = epoch
+
+
+def _trainer(overrides: list[str], backend: str, dtype: str, steps: int,
+             weights: dict[str, np.ndarray] | None = None) -> Any:
+    from .config import load_config
+    from .trainer import Trainer
+
+    cfg = load_config([f"backend={backend}", f"trainer.max_steps={steps}", f"trainer.dtype={dtype}", *overrides])
+    return Trainer(cfg, write=False, progress=False, weights=weights)
+
+
+def kinks(net: Any, batch: np.ndarray, rtol: float = KINK_RTOL) -> list[str]:
+    """Max-pool windows whose top two values, and ReLU inputs whose distance to zero, are within
+    ``rtol`` of the layer input's largest magnitude in one training forward of ``batch``: places
+    where rounding picks the branch."""
+    from . import layers as L
+    from .build import native_leaves, neutral_of
+
+    model, be = neutral_of(net)
+    specs = {p: getattr(leaf, "_dualml_spec", None) for p, leaf in native_leaves(net).items()}
+    watched = {p: native_leaves(net)[p] for p, s in specs.items() if isinstance(s, (L.ReLU, L.MaxPool2d))}
+    seen: dict[str, np.ndarray] = {}
+
+    def pre(path: str, inputs: tuple) -> None:
+        seen.setdefault(path, be.numpy(inputs[0]).astype(np.float64))
+
+    be.set_train(net, True)
+    with be.no_grad(), be.hooks(watched, pre=pre):
+        net(be.tensor(batch))
+    found = []
+    for path, x in seen.items():
+        scale = float(np.abs(x).max()) or 1.0
+        spec = specs[path]
+        if isinstance(spec, L.ReLU):
+            margin = np.abs(x) / scale
+            near = int((margin < rtol).sum())
+            if near:
+                found.append(f"ReLU '{path}': {near} inputs within {rtol:g} of zero (closest {margin.min():.1e} "
+                             "of the largest input)")
+        else:
+            gaps = _pool_gaps(x, spec) / scale
+            gaps = gaps[gaps > 0]  # exact ties (all-zero windows after a ReLU) pick the same value everywhere
+            near = int((gaps < rtol).sum())
+            if near:
+                found.append(f"MaxPool2d '{path}': {near} windows whose top two values are within {rtol:g} "
+                             f"(closest {gaps.min():.1e} of the largest input)")
+    return found
+
+
+def _pool_gaps(x: np.ndarray, spec: Any) -> np.ndarray:
+    """Top-1 minus top-2 value of every max-pool window (padding is -inf, as in the kernels)."""
+    (kh, kw), (sh, sw), (ph, pw) = spec.kernel_size, spec.stride or spec.kernel_size, spec.padding
+    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
+    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+    flat = np.sort(win.reshape(*win.shape[:4], -1), axis=-1)
+    return flat[..., -1] - flat[..., -2]
+
+
+def run_curve(label: str, overrides: list[str], backends: tuple[str, str] = ("torch", "paddle"),
+              steps: int = 100, dtype: str = "float32") -> CurveResult:
+    """Train ``overrides`` on both backends in lockstep (and, in float32, each once more from weights
+    nudged by one ulp) and judge the cross-backend curve (see the module docstring)."""
+    res = CurveResult(label, dtype, backends)
+    ta, tb = (_trainer(overrides, b, dtype, steps) for b in backends)
+    from .build import build, get_weights
+
+    w0 = get_weights(ta.net)  # canonical, so the same start on both backends
+    recent: deque = deque(maxlen=3)  # (step, weights of a, batch) before each of the last updates
+    la, lb = [], []
+    for batches in _batches(ta, steps):
+        recent.append((ta.step, get_weights(ta.net), batches[0][0]))
+        la.append(ta.train_step(batches)["loss"])
+        lb.append(tb.train_step(batches)["loss"])
+        if res.first_part is None and abs(la[-1] - lb[-1]) > PART_RTOL * abs(la[-1]):
+            res.first_part = len(la)
+            for step, w, x in recent:  # the forward passes whose gradients led here
+                net = build(ta.model, backends[0], weights=w, dtype=dtype)
+                res.cause += [f"step {step + 1}: {k}" for k in kinks(net, x)]
+    a, b = np.array(la), np.array(lb)
+    res.losses = {backends[0]: la, backends[1]: lb}
+    cross = _rel(a, b)
+    res.cross, res.max_cross = cross.tolist(), float(cross.max())
+    res.early_max = float(cross[:EARLY_STEPS].max())
+    if dtype == "float64":
+        res.criterion = f"every step within {FLOAT64_RTOL:g} relative (float64 is the authority)"
+        res.passed = res.max_cross <= FLOAT64_RTOL
+        return res
+    selfs = []
+    for bk in backends:
+        tn = _trainer(overrides, bk, dtype, steps, weights=_nudged(w0))
+        tn.fit()
+        nudged = np.array([r["loss"] for r in tn.history.steps])
+        res.losses[f"{bk}+1ulp"] = nudged.tolist()
+        selfs.append(_rel(a if bk == backends[0] else b, nudged))
+    self_div = np.maximum(*selfs)
+    res.self_div, res.max_self = self_div.tolist(), float(self_div.max())
+    envelope = max(res.max_self, EARLY_RTOL)
+    res.ratio = res.max_cross / envelope
+    # the early bar moves only where the run itself is that sensitive from the start (Adam at a high lr:
+    # gradients below eps turn rounding into steps), measured the same way
+    early_bar = max(EARLY_RTOL, ENVELOPE_MULTIPLE * float(self_div[:EARLY_STEPS].max()))
+    res.criterion = (f"first {EARLY_STEPS} steps within max({EARLY_RTOL:g}, {ENVELOPE_MULTIPLE:g}x their self-"
+                     f"divergence) = {early_bar:.2e}; every step within {ENVELOPE_MULTIPLE:g}x the one-ulp "
+                     f"self-divergence envelope max({res.max_self:.2e}, {EARLY_RTOL:g})")
+    res.passed = res.early_max <= early_bar and res.max_cross <= ENVELOPE_MULTIPLE * envelope
+    return res
+
+
+def as_dict(res: CurveResult) -> dict[str, Any]:
+    return asdict(res)
+
+
+def plot(results: list[dict[str, Any]]) -> bytes:
+    """One panel per float32 case: the cross-backend and the one-ulp self divergence per step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .checkpoint import png_bytes
+
+    fp32 = [r for r in results if r["dtype"] == "float32"]
+    cols = max(1, min(4, len(fp32)))
+    rows = max(1, -(-len(fp32) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(max(4 * cols, 8), 2.6 * rows + 0.4), squeeze=False)
+    for ax, r in zip(axes.flat, fp32):
+        ax.semilogy([max(v, 1e-12) for v in r["cross"]], lw=0.9, label=" vs ".join(r["backends"]))
+        ax.semilogy([max(v, 1e-12) for v in r["self_div"]], lw=0.9, label="one-ulp self")
+        ax.set_title(f"{r['label']} ({'pass' if r['passed'] else 'FAIL'})", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(fp32):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("float32 loss-curve divergence per step (relative): across backends vs the run's own "
+                 "one-ulp sensitivity", fontsize=9)
+    fig.tight_layout()
+    return png_bytes(fig, dpi=90)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """A row per case: float64 figure, float32 cross/self/ratio, where they part and why."""
+    cpu = report["cpu"]
+    pair = " vs ".join(report["results"][0]["backends"]) if report["results"] else ""
+    lines = [f"# Training-curve parity ({report['steps']} steps, {pair}) on {cpu['cpu_flags']} "
+             f"(kernel limits: {cpu['kernel_limits']})", "",
+             "| model | optimizer | float64 max rel | float32 cross max | self (1 ulp) max | ratio | parts >1e-6 at | "
+             "cause found | float64 | float32 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    by = {}
+    for r in report["results"]:
+        by.setdefault(r["label"], {})[r["dtype"]] = r
+    verdict = lambda r: "-" if r is None else ("pass" if r["passed"] else "FAIL")  # noqa: E731
+    for label, d in by.items():
+        f64, f32 = d.get("float64"), d.get("float32")
+        model, opt = label.split("/", 1)
+        row = [model, opt, f"{f64['max_cross']:.1e}" if f64 else "-"]
+        row += ([f"{f32['max_cross']:.1e}", f"{f32['max_self']:.1e}", f"{f32['ratio']:.2f}",
+                 str(f32["first_part"] or "-"), "; ".join(f32["cause"][:1]) or "-"] if f32 else ["-"] * 5)
+        lines.append("| " + " | ".join([*row, verdict(f64), verdict(f32)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_curves(cfg: Any) -> int:
+    """``dualml curves model=... trainer.optimizer...``: this training on ``backend`` and ``parity.against``,
+    in float64 and float32, judged as above; report under <out_dir>/curves/<model>/."""
+    import json
+    from pathlib import Path
+
+    from .checkpoint import atomic_write_bytes, atomic_write_text
+    from .cli import _OVERRIDES
+    from .cpu import describe_cpu
+    from .errors import DualmlError
+
+    backends = (str(cfg.backend), str(cfg.parity.against))
+    if backends[0] == backends[1]:
+        raise DualmlError(f"parity.against={backends[1]} is the same as backend={backends[0]}; compare two backends")
+    steps = int(cfg.trainer.max_steps or 100)
+    if steps < EARLY_STEPS:
+        raise DualmlError(f"trainer.max_steps={steps} is not allowed here; allowed: >= {EARLY_STEPS} (the early steps "
+                          "are judged on their own)")
+    # the backend and dtype are set per run; every other override is the training being checked
+    overrides = [o for o in _OVERRIDES if not o.startswith(("backend=", "trainer.dtype=", "trainer.max_steps=",
+                                                            "parity.", "out_dir="))]
+    results = [as_dict(run_curve(f"{cfg.model.name}/{cfg.trainer.optimizer.name}", overrides, backends, steps, d))
+               for d in ("float64", "float32")]
+    report = {"cpu": describe_cpu(), "steps": steps, "overrides": overrides, "results": results}
+    out = Path(cfg.out_dir) / "curves" / str(cfg.model.name)
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
+    atomic_write_text(out / "report.md", markdown(report))
+    atomic_write_bytes(out / "curves.png", plot(results))
+    for r in results:
+        extra = "" if r["dtype"] == "float64" else (
+            f", one-ulp self {r['max_self']:.2e}, ratio {r['ratio']:.2f}, parts >{PART_RTOL:g} at step "
+            f"{r['first_part'] or '-'}{' (' + r['cause'][0] + ')' if r['cause'] else ''}")
+        print(f"{r['dtype']}: {'pass' if r['passed'] else 'FAIL'} cross max {r['max_cross']:.2e}{extra}")
+    print(f"report: {out / 'report.json'}, {out / 'report.md'}, {out / 'curves.png'}")
+    return 0 if all(r["passed"] for r in results) else 1
