@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from .kinks import kinks
+
 FLOAT64_RTOL = 1e-9
 EARLY_STEPS = 10
 EARLY_RTOL = 1e-5
 ENVELOPE_MULTIPLE = 10.0
 PART_RTOL = 1e-6
-#: a kink closer than this (relative to the layer input's largest magnitude) can flip with rounding
-KINK_RTOL = 1e-6
 
 
 def _sgd(lr: float, **kw: Any) -> list[str]:
@@ -106,53 +106,6 @@ def _trainer(overrides: list[str], backend: str, dtype: str, steps: int,
     return Trainer(cfg, write=False, progress=False, weights=weights)
 
 
-def kinks(net: Any, batch: np.ndarray, rtol: float = KINK_RTOL) -> list[str]:
-    """Max-pool windows whose top two values, and ReLU inputs whose distance to zero, are within
-    ``rtol`` of the layer input's largest magnitude in one training forward of ``batch``: places
-    where rounding picks the branch."""
-    from . import layers as L
-    from .build import native_leaves, neutral_of
-
-    model, be = neutral_of(net)
-    specs = {p: getattr(leaf, "_dualml_spec", None) for p, leaf in native_leaves(net).items()}
-    watched = {p: native_leaves(net)[p] for p, s in specs.items() if isinstance(s, (L.ReLU, L.MaxPool2d))}
-    seen: dict[str, np.ndarray] = {}
-
-    def pre(path: str, inputs: tuple) -> None:
-        seen.setdefault(path, be.numpy(inputs[0]).astype(np.float64))
-
-    be.set_train(net, True)
-    with be.no_grad(), be.hooks(watched, pre=pre):
-        net(be.tensor(batch))
-    found = []
-    for path, x in seen.items():
-        scale = float(np.abs(x).max()) or 1.0
-        spec = specs[path]
-        if isinstance(spec, L.ReLU):
-            margin = np.abs(x) / scale
-            near = int((margin < rtol).sum())
-            if near:
-                found.append(f"ReLU '{path}': {near} inputs within {rtol:g} of zero (closest {margin.min():.1e} "
-                             "of the largest input)")
-        else:
-            gaps = _pool_gaps(x, spec) / scale
-            gaps = gaps[gaps > 0]  # exact ties (all-zero windows after a ReLU) pick the same value everywhere
-            near = int((gaps < rtol).sum())
-            if near:
-                found.append(f"MaxPool2d '{path}': {near} windows whose top two values are within {rtol:g} "
-                             f"(closest {gaps.min():.1e} of the largest input)")
-    return found
-
-
-def _pool_gaps(x: np.ndarray, spec: Any) -> np.ndarray:
-    """Top-1 minus top-2 value of every max-pool window (padding is -inf, as in the kernels)."""
-    (kh, kw), (sh, sw), (ph, pw) = spec.kernel_size, spec.stride or spec.kernel_size, spec.padding
-    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
-    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
-    flat = np.sort(win.reshape(*win.shape[:4], -1), axis=-1)
-    return flat[..., -1] - flat[..., -2]
-
-
 def run_curve(label: str, overrides: list[str], backends: tuple[str, str] = ("torch", "paddle"),
               steps: int = 100, dtype: str = "float32") -> CurveResult:
     """Train ``overrides`` on both backends in lockstep (and, in float32, each once more from weights
@@ -172,7 +125,7 @@ def run_curve(label: str, overrides: list[str], backends: tuple[str, str] = ("to
             res.first_part = len(la)
             for step, w, x in recent:  # the forward passes whose gradients led here
                 net = build(ta.model, backends[0], weights=w, dtype=dtype)
-                res.cause += [f"step {step + 1}: {k}" for k in kinks(net, x)]
+                res.cause += [f"step {step + 1}: {k}" for k in kinks(net, [x], train=True)]
     a, b = np.array(la), np.array(lb)
     res.losses = {backends[0]: la, backends[1]: lb}
     cross = _rel(a, b)

@@ -81,6 +81,9 @@ class CaseResult:
     dtype: str = "float32"
     #: float32-held constants of the frameworks that apply to this case (float64 runs), with their size
     float32_constants: list[str] = field(default_factory=list)
+    #: float32 gradient outliers explained by a kink (ReLU input / max-pool near-tie within rounding),
+    #: accepted only because the same case agrees in float64, the authority
+    kinks: list[str] = field(default_factory=list)
 
 
 class MaskedAttention(Module):
@@ -132,10 +135,10 @@ def default_cases(zoo: bool = True, backends: Iterable[str] = ("torch", "paddle"
     if zoo:
         for name, factory in ZOO.items():
             model = factory(image_size=64) if name == "resnet18" else factory()
-            # resnet18 in train mode runs in float64: in fp32 a pre-activation within ~1e-6 of 0 can
-            # flip its ReLU between the backends and route a whole upstream gradient differently
-            # (measured at batch 8: one flip, 0.3 abs on layer3.0.bn1.bias), which says nothing about
-            # the mapping; float64 checks the same function with the same tolerances, no kink noise.
+            # resnet18 in train mode runs in float64: through 20 train-mode BatchNorms at batch 2 the fp32
+            # gradients differ by ~1e-5 of their scale from summation order alone (measured, seeds 0-2: up
+            # to 1.2e-3 abs on |grad| 92, beyond the elementwise 1e-4), and a pre-activation within ~1e-6 of
+            # 0 can flip a ReLU; float64 checks the same function with no such noise
             modes = ("eval", "train-float64") if name == "resnet18" else ("eval", "train")
             out.append(Case(f"model:{name}", "model", model, model.input_spec(2), modes))
     return out
@@ -278,6 +281,21 @@ def _grad_atol(tol: Tolerance, ref: np.ndarray | None, named: list[str]) -> floa
     return tol.grad_atol + FLOAT32_CONSTANT_BOUND * float(np.abs(ref).max())
 
 
+def _kink_excuse(case: Case, mode: str, a: _Side, inputs: list[np.ndarray], backends: tuple[str, str],
+                 seed: int) -> list[str]:
+    """Why fp32 gradients may differ although the function is the same: kinks found in the float32
+    forward, and the same case passing in float64. Empty when either is missing (a real failure)."""
+    from .kinks import kinks
+
+    found = kinks(a.net, inputs, train=mode.startswith("train"))
+    if not found:
+        return []
+    reference = run_case(case, mode, backends, Tolerance.float64(), seed, dtype="float64")
+    if not reference.passed:
+        return []
+    return [*found, f"float64 agrees: gradients within {reference.grad_max_abs:.1e}"]
+
+
 def run_case(case: Case, mode: str, backends: tuple[str, str] = ("torch", "paddle"),
              tol: Tolerance = Tolerance(), seed: int = 0, dtype: str = "float32") -> CaseResult:
     """One case in one mode; ``dtype='float64'`` runs every mode in float64 (a ``-float64`` mode
@@ -313,6 +331,9 @@ def run_case(case: Case, mode: str, backends: tuple[str, str] = ("torch", "paddl
                if x is None or y is None or not _close(x, y, _grad_atol(tol, y, named), tol.grad_rtol)]
         res.grad_max_abs = max((_diff(x, y)[0] for x, y in grads if x is not None and y is not None
                                 and x.shape == y.shape), default=0.0)
+        if bad and not problems and dtype == "float32" and all(x is not None and y is not None for x, y in grads):
+            res.kinks = _kink_excuse(case, mode, a, inputs, backends, seed)
+            bad = [] if res.kinks else bad
         if bad:
             names = ([f"input{i}" for i in range(len(a.input_grads)) if a.input_grads[i] is not None or
                       b.input_grads[i] is not None] + list(a.param_grads))
@@ -359,7 +380,8 @@ def run_suite(cases: Iterable[Case], backends: tuple[str, str] = ("torch", "padd
         "float32_constants": sorted({c.split(" (measured")[0] for r in results for c in r.float32_constants}),
         "summary": {"cases": len(results), "passed": len(results) - len(failed), "failed": len(failed),
                     "max_forward_abs": max((r.forward_max_abs for r in results if r.passed), default=0.0),
-                    "max_grad_abs": max((r.grad_max_abs for r in results if r.passed), default=0.0)},
+                    "max_grad_abs": max((r.grad_max_abs for r in results if r.passed and not r.kinks), default=0.0),
+                    "kink_excused": [f"{r.name} [{r.mode}]" for r in results if r.kinks]},
         "results": [asdict(r) for r in results],
     }
 
