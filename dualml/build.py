@@ -235,7 +235,10 @@ def set_weights(native: Any, weights: dict[str, np.ndarray], strict: bool = True
     one error listing all of them and nothing is loaded. ``strict=False`` loads what matches and
     returns the report of the rest."""
     model, be = neutral_of(native)
-    rep = check_weights(model, weights, model_dtype(native))
+    dtype = model_dtype(native)
+    if dtype != "float32":  # float32 weights widen exactly into a float64 model; narrowing stays refused
+        weights = {k: (np.asarray(v, dtype) if np.asarray(v).dtype == np.float32 else v) for k, v in weights.items()}
+    rep = check_weights(model, weights, dtype)
     if strict and not rep.ok:
         raise WeightsError(f"weights do not fit {type(model).__name__} ({be.name}): {rep.problems()}")
     ok = set(rep.loaded)

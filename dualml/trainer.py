@@ -242,6 +242,7 @@ class Trainer:
                             f"{self.model_name} ({architecture_hash(self.model)})")
         ours = _flat(OmegaConf.to_container(self.cfg, resolve=True))
         theirs = _flat(meta["config"])
+        theirs.setdefault("trainer.dtype", "float32")  # checkpoints from before the key existed
         for key in sorted(set(ours) | set(theirs)):
             if any(key == k or key.startswith(k + ".") for k in RESUME_MAY_CHANGE):
                 continue

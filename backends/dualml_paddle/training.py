@@ -135,7 +135,8 @@ class PaddleTraining:
             if have and spec.name != "sgd":  # paddle keeps beta^(t+1) after t updates
                 for i, beta in enumerate(spec.betas, start=1):
                     exact = (extras or {}).get(f"{name}.beta{i}_pow_acc")
-                    value = exact if exact is not None else np.array([beta ** (step + 1)], "float32")
+                    dtype = next(iter(slots[s][name] for s in spec.slots if name in slots.get(s, {}))).dtype
+                    value = exact if exact is not None else np.array([beta ** (step + 1)], dtype)
                     state[f"{p.name}_beta{i}_pow_acc_0"] = paddle.to_tensor(value)
         if state:  # one call: set_state_dict replaces what an earlier call left pending
             opt.set_state_dict(state)
