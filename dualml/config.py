@@ -100,6 +100,7 @@ def load_config(overrides: Sequence[str] = (), root: str | os.PathLike | None = 
         if not path.is_file():
             raise ConfigError(not_allowed(group, name, _choices(root, group)))
         base[group] = OmegaConf.load(path)
+    _apply_model_recipe(base, root / "model" / f"{defaults.get('model')}.yaml")
     for key, value in rest:
         old = _check_key(base, key)
         try:
@@ -119,6 +120,38 @@ def load_config(overrides: Sequence[str] = (), root: str | os.PathLike | None = 
 
         resolve(base)
     return base
+
+
+def _leaves(node: Any, prefix: str) -> list[tuple[str, Any]]:
+    """(dotted key, value) for every non-mapping value below ``node``; lists are values."""
+    if not isinstance(node, dict):
+        return [(prefix, node)]
+    return [pair for k, v in node.items() for pair in _leaves(v, f"{prefix}.{k}")]
+
+
+def _apply_model_recipe(base: DictConfig, path: Path) -> None:
+    """A model file may carry a ``trainer:`` block: the settings that model trains well with (the cnn's
+    longer run, for one). Why in the model file: ``dualml train model=cnn`` must give the model its
+    recipe without the user naming a trainer file, while the shared trainer defaults stay what the other
+    models (and the tests built on them) were tuned with. The block is taken out of ``model`` (it is
+    not a constructor argument) and merged key by key over the trainer group, before the command line,
+    so ``trainer.epochs=5`` still wins. Each key is validated like a command-line override: an unknown
+    key or a wrong type is a ConfigError naming the model file."""
+    if not isinstance(base.get("model"), DictConfig) or "trainer" not in base.model:
+        return
+    block = base.model.pop("trainer")
+    if block is None:  # an empty `trainer:` block: nothing to merge
+        return
+    if not isinstance(block, DictConfig):
+        raise ConfigError(f"{path}: trainer={block!r} is not allowed; expected a mapping of trainer settings")
+    recipe = OmegaConf.to_container(block, resolve=True)
+    for key, value in _leaves(recipe, "trainer"):
+        try:
+            old = _check_key(base, key)
+            _check_type(key, OmegaConf.to_object(old) if isinstance(old, (DictConfig, ListConfig)) else old, value)
+        except ConfigError as exc:
+            raise ConfigError(f"{path} (the model's trainer recipe): {exc}") from None
+        OmegaConf.update(base, key, value, merge=False)
 
 
 def validate(cfg: DictConfig) -> None:

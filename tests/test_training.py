@@ -22,12 +22,37 @@ def trainer(*overrides: str, write: bool = False, **kw) -> Trainer:
     return Trainer(load_config(list(overrides)), write=write, progress=False, **kw)
 
 
+#: The cnn recipe (configs/model/cnn.yaml: 20 epochs, best checkpoint by val_loss) over seeds 0-4 (each seed
+#: also draws the split), measured by benchmarks/bench_recipe.py on a 2-core AVX2 machine: mean 0.9917 +- 0.0050
+#: (std over seeds) on torch and on paddle (the same accuracy for every seed), seeds 0.9861-0.9972. Emulating
+#: another CPU: every initial weight one ulp up gave means 0.9917 (torch) / 0.9911 (paddle), torch's
+#: non-vectorised kernels (ATEN_CPU_CAPABILITY=default) 0.9917; lowest single run of all 25: 0.9833. Seeds 0-9
+#: (torch, scratch sweep) gave means 0.9878-0.9886 across those variants, lowest run 0.9806. The shared
+#: defaults (10 epochs, val_acc) gave 0.9783 +- 0.0062 with a seed at 0.9667. One seed's accuracy is a
+#: property of the CPU (a max-pool tie flips); a five-seed mean is not: its bar sits 0.011 (two per-seed
+#: std) under the lowest measured mean, a single run's bar 0.013 under the lowest measured run.
+CNN_SEEDS = range(5)
+CNN_MEAN_BAR = 0.98
+CNN_RUN_BAR = 0.97
+
+
+@pytest.mark.usefixtures("one_torch_thread")
 @pytest.mark.parametrize("backend", ["torch", "paddle"])
-def test_cnn_reaches_97_percent_on_digits(backend, tmp_path):
-    t = trainer(f"backend={backend}", "model=cnn", f"trainer.run_dir={tmp_path / 'run'}", write=True)
-    metrics = t.fit()
-    assert metrics["test_acc"] >= 0.97, metrics
-    run = tmp_path / "run"
+def test_cnn_recipe_reaches_98_percent_mean_on_digits(backend, tmp_path):
+    """What ``dualml train model=cnn`` does with the shipped configs, for five seeds: the mean test
+    accuracy is what holds on any CPU, a single seed is not (see the numbers above)."""
+    accs = []
+    for seed in CNN_SEEDS:
+        run = tmp_path / f"run{seed}"
+        metrics = trainer(f"backend={backend}", "model=cnn", f"seed={seed}", f"trainer.run_dir={run}",
+                          write=True).fit()
+        accs.append(metrics["test_acc"])
+        if seed == CNN_SEEDS[0]:
+            _check_run_folder(run, metrics)
+    assert np.mean(accs) >= CNN_MEAN_BAR and min(accs) >= CNN_RUN_BAR, accs
+
+
+def _check_run_folder(run: Path, metrics: dict) -> None:
     for name in ("config.yaml", "steps.csv", "epochs.csv", "metrics.json", "curves.png", "best.safetensors",
                  "last.safetensors"):
         assert (run / name).is_file(), name
@@ -35,6 +60,30 @@ def test_cnn_reaches_97_percent_on_digits(backend, tmp_path):
     assert len((run / "steps.csv").read_text().splitlines()) == metrics["steps"] + 1
     tags = _tensorboard_tags(run / "tb")
     assert {"train/loss", "train/lr", "epoch/val_acc"} <= tags
+
+
+def test_model_file_carries_its_trainer_recipe(tmp_path):
+    """configs/model/cnn.yaml's ``trainer:`` block lands in ``trainer`` (not in the model's constructor
+    arguments), the command line still wins, other models keep the shared defaults, and a bad recipe key
+    is a ConfigError naming the model file."""
+    import shutil
+
+    cnn = load_config(["model=cnn"])
+    assert "trainer" not in cnn.model and cnn.trainer.epochs == 20
+    assert cnn.trainer.early_stopping.monitor == "val_loss" and cnn.trainer.optimizer.lr == 1e-2
+    assert load_config(["model=cnn", "trainer.epochs=3"]).trainer.epochs == 3
+    mlp = load_config(["model=mlp"])
+    assert mlp.trainer.epochs == 10 and mlp.trainer.early_stopping.monitor == "val_acc"
+    root = tmp_path / "configs"
+    shutil.copytree(dualml.config.config_dir(), root)
+    with (root / "model" / "cnn.yaml").open("a") as fh:
+        fh.write("  epocs: 5\n")
+    with pytest.raises(ConfigError, match=r"cnn.yaml \(the model's trainer recipe\): unknown config key "
+                                          r"'trainer.epocs'.*did you mean 'trainer.epochs'"):
+        load_config(["model=cnn"], root=root)
+    (root / "model" / "cnn.yaml").write_text("name: cnn\ntrainer:\n  epochs: ten\n")
+    with pytest.raises(ConfigError, match="trainer.epochs='ten' is not allowed; expected an integer"):
+        load_config(["model=cnn"], root=root)
 
 
 def _tensorboard_tags(folder: Path) -> set[str]:
