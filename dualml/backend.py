@@ -212,6 +212,8 @@ class Backend(ABC):
     @abstractmethod
     def seed(self, seed: int) -> None: ...
 
+    #: model dtypes the adapter can build in (``build(dtype=)``); float64 is the parity authority
+    dtypes: tuple[str, ...] = ("float32", "float64")
     #: layer types whose kernels keep a constant in float32 even when the model runs in float64
     #: (type -> what and its size), named in float64 parity reports instead of hidden in a tolerance
     float32_constants: dict[type, str] = {}

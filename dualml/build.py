@@ -112,8 +112,15 @@ def build(model: Module | Layer, backend: str = "torch", seed: int = 0,
     object.__setattr__(native, "_dualml_model", model)
     object.__setattr__(native, "_dualml_backend", be.name)
     object.__setattr__(native, "_dualml_dtype", dtype)
+    if dtype not in be.dtypes:
+        raise BackendError(f"dtype={dtype} is not allowed on backend={be.name}; it has: {', '.join(be.dtypes)}")
     if dtype != "float32":
-        be.to_dtype(native, dtype)
+        try:
+            be.to_dtype(native, dtype)
+        except Exception as exc:  # a layer whose native class cannot be cast: name it, in one line
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise BackendError(f"model {type(model).__name__} cannot run in {dtype} on backend={be.name}: "
+                               f"{first}") from exc
     set_weights(native, as_dtype(init_weights(model, seed) if weights is None else weights, dtype))
     be.set_train(native, False)
     return native

@@ -99,3 +99,18 @@ def test_named_constant_is_needed_and_the_float64_criterion_bites(monkeypatch):
     monkeypatch.setattr(dualml.get_backend("paddle"), "float32_constants", {})
     r = run_case(case, "eval", tol=Tolerance.float64(), dtype="float64")
     assert not r.passed and "gradient of input0" in r.message
+
+
+def test_a_backend_without_float64_or_a_model_that_cannot_cast_is_one_line(monkeypatch):
+    be = dualml.get_backend("torch")
+    model = create_model("mlp")
+    monkeypatch.setattr(be, "dtypes", ("float32",))
+    with pytest.raises(dualml.BackendError, match="dtype=float64 is not allowed on backend=torch; it has: float32"):
+        dualml.build(model, "torch", dtype="float64")
+    monkeypatch.undo()
+
+    def refuse(module, dtype):
+        raise RuntimeError("no float64 kernel for this layer\nsecond line")
+    monkeypatch.setattr(be, "to_dtype", refuse)
+    with pytest.raises(dualml.BackendError, match="MLP cannot run in float64 on backend=torch: no float64 kernel"):
+        dualml.build(model, "torch", dtype="float64")
