@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .kinks import kinks
+from .trainer import TrainingDiverged
 
 FLOAT64_RTOL = 1e-9
 EARLY_STEPS = 10
@@ -42,8 +43,8 @@ def _adam(name: str, lr: float, wd: float) -> list[str]:
 
 #: the optimizer settings every curve check runs, each at its usual lr and at a high one
 OPTIMIZERS: dict[str, list[str]] = {
-    "sgd-momentum": _sgd(0.05, weight_decay=1e-4), "sgd-momentum-hi": _sgd(0.2, weight_decay=1e-4),
-    "sgd-nesterov": _sgd(0.05, nesterov="true"), "sgd-nesterov-hi": _sgd(0.2, nesterov="true"),
+    "sgd-momentum": _sgd(0.05, weight_decay=1e-4), "sgd-momentum-hi": _sgd(0.1, weight_decay=1e-4),
+    "sgd-nesterov": _sgd(0.05, nesterov="true"), "sgd-nesterov-hi": _sgd(0.1, nesterov="true"),
     "adam": _adam("adam", 1e-3, 1e-4), "adam-hi": _adam("adam", 1e-2, 1e-4),
     "adamw": _adam("adamw", 1e-3, 0.01), "adamw-hi": _adam("adamw", 1e-2, 0.01),
 }
@@ -70,6 +71,7 @@ class CurveResult:
     early_max: float = 0.0
     first_part: int | None = None                          # 1-based step where cross > PART_RTOL first
     cause: list[str] = field(default_factory=list)
+    diverged: list[str] = field(default_factory=list)      # runs whose loss became NaN/inf, and where
     criterion: str = ""
     passed: bool = False
 
@@ -119,8 +121,18 @@ def run_curve(label: str, overrides: list[str], backends: tuple[str, str] = ("to
     la, lb = [], []
     for batches in _batches(ta, steps):
         recent.append((ta.step, get_weights(ta.net), batches[0][0]))
-        la.append(ta.train_step(batches)["loss"])
-        lb.append(tb.train_step(batches)["loss"])
+        for name, t, out in ((backends[0], ta, la), (backends[1], tb, lb)):
+            try:
+                out.append(t.train_step(batches)["loss"])
+            except TrainingDiverged:
+                res.diverged.append(f"{name} at step {t.step + 1}")
+        if res.diverged:  # a NaN loss is not a curve to compare; the report says who and where
+            n = min(len(la), len(lb))
+            res.losses = {backends[0]: la, backends[1]: lb}
+            res.cross = _rel(np.array(la[:n]), np.array(lb[:n])).tolist()
+            res.max_cross = max(res.cross, default=0.0)
+            res.criterion = f"the loss became NaN/inf: {', '.join(res.diverged)}; lower the lr"
+            return res
         if res.first_part is None and abs(la[-1] - lb[-1]) > PART_RTOL * abs(la[-1]):
             res.first_part = len(la)
             for step, w, x in recent:  # the forward passes whose gradients led here
@@ -138,7 +150,12 @@ def run_curve(label: str, overrides: list[str], backends: tuple[str, str] = ("to
     selfs = []
     for bk in backends:
         tn = _trainer(overrides, bk, dtype, steps, weights=_nudged(w0))
-        tn.fit()
+        try:
+            tn.fit()
+        except TrainingDiverged:
+            res.diverged.append(f"{bk}+1ulp at step {tn.step + 1}")
+            res.criterion = f"the loss became NaN/inf: {', '.join(res.diverged)}; lower the lr"
+            return res
         nudged = np.array([r["loss"] for r in tn.history.steps])
         res.losses[f"{bk}+1ulp"] = nudged.tolist()
         selfs.append(_rel(a if bk == backends[0] else b, nudged))
@@ -204,7 +221,8 @@ def markdown(report: dict[str, Any]) -> str:
         model, opt = label.split("/", 1)
         row = [model, opt, f"{f64['max_cross']:.1e}" if f64 else "-"]
         row += ([f"{f32['max_cross']:.1e}", f"{f32['max_self']:.1e}", f"{f32['ratio']:.2f}",
-                 str(f32["first_part"] or "-"), "; ".join(f32["cause"][:1]) or "-"] if f32 else ["-"] * 5)
+                 str(f32["first_part"] or "-"), "; ".join(f32["diverged"] + f32["cause"][:1]) or "-"]
+                if f32 else ["-"] * 5)
         lines.append("| " + " | ".join([*row, verdict(f64), verdict(f32)]) + " |")
     return "\n".join(lines) + "\n"
 
