@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from .backend import Backend, float32_held, get_backend
+from .backend import Backend, get_backend
 from .build import (
     build,
     canonical_from_native_names,
@@ -154,8 +154,7 @@ class Trainer:
         self.sched = check_schedule(self.sched, self.total_steps, self.spec.lr, prefix="trainer.schedule",
                                     lr_key="trainer.optimizer.lr")
         # hot-path values as plain Python (OmegaConf attribute access costs microseconds each)
-        # paddle holds the rate in float32: both backends get that value, so float64 runs agree
-        self.lrs = [float32_held(lr) for lr in schedule(self.spec.lr, self.sched, self.total_steps).tolist()]
+        self.lrs = schedule(self.spec.lr, self.sched, self.total_steps).tolist()
         self.amp = self.t.amp
         self.clip_norm = None if self.t.clip_norm is None else float(self.t.clip_norm)
         self.seed = int(cfg.seed)
