@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -253,6 +254,12 @@ def cmd_export(cfg: Any) -> int:
         config = meta.get("config") or config
         source = {"checkpoint": str(ckpt), "checkpoint_sha256": meta.get("sha256"),
                   "trained_on": meta.get("backend"), "step": meta.get("step")}
+        if any(np.asarray(v).dtype == np.float64 for v in weights.values()):
+            # a float64 (reference-mode) run deploys as a float32 graph: narrowed here on purpose, and said so
+            weights = {k: (np.asarray(v, np.float32) if np.asarray(v).dtype == np.float64 else v)
+                       for k, v in weights.items()}
+            source["weights_narrowed"] = "float64 -> float32"
+            print(f"note: {ckpt} holds float64 weights (trainer.dtype=float64); exported as float32", file=sys.stderr)
     else:
         name, params = config["model"]["name"], {k: v for k, v in config["model"].items() if k != "name"}
         weights, source = None, {"checkpoint": None, "initial_weights_seed": cfg.seed}

@@ -36,6 +36,18 @@ def run_dir(tmp_path_factory):
     return run
 
 
+@pytest.fixture(scope="module")
+def run_dir64(tmp_path_factory):
+    """The same training in float64: its checkpoint is the same on every CPU (fp32 training takes
+    CPU-dependent branches at max-pool ties), so a figure measured on it, like INT8's accuracy drop
+    (ORT's reduce-range integer kernels are exact), holds on every machine. Exported as float32."""
+    run = tmp_path_factory.mktemp("export64") / "run"
+    out = _cli("train", "backend=torch", "model=cnn", "model.channels=[24,48]", "trainer.epochs=10",
+               "trainer.dtype=float64", f"trainer.run_dir={run}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    return run
+
+
 @pytest.mark.parametrize("backend", ["torch", "paddle"])
 def test_export_checkpoint_verified_with_names_and_metadata(run_dir, tmp_path, backend):
     path = tmp_path / f"cnn-{backend}.onnx"
@@ -68,18 +80,21 @@ def test_export_checkpoint_verified_with_names_and_metadata(run_dir, tmp_path, b
 
 
 @pytest.mark.parametrize("mode", ["static", "dynamic"])
-def test_export_int8_through_onnxruntime(run_dir, tmp_path, mode):
+def test_export_int8_through_onnxruntime(run_dir64, tmp_path, mode):
     path = tmp_path / "cnn-int8.onnx"
-    out = _cli("export", "backend=paddle", f"checkpoint={run_dir}/best", f"out={path}", f"quantize={mode}")
+    out = _cli("export", "backend=paddle", f"checkpoint={run_dir64}/best", f"out={path}", f"quantize={mode}")
     assert out.returncode == 0, out.stdout + out.stderr[-2000:]
+    assert "exported as float32" in out.stderr
     report = json.loads(path.with_suffix(".report.json").read_text())
+    assert report["source"]["weights_narrowed"] == "float64 -> float32"
     q = report["int8"]
     assert (tmp_path / "cnn-int8.fp32.onnx").is_file() and report["verification"]["passed"]
     ops = ort.op_histogram(path)
     wanted = {"static": "QuantizeLinear", "dynamic": "DynamicQuantizeLinear"}[mode]
     assert ops.get(wanted, 0) > 0, ops
     assert q["int8_bytes"] < q["fp32_bytes"] and q["size_ratio"] == q["int8_bytes"] / q["fp32_bytes"]
-    assert q["accuracy_drop_points"] <= 0.5, q  # the issue's target; measured 0.28 both modes
+    # the issue's target, on a checkpoint that is the same on every CPU; measured 0.28 (dynamic), -0.28 (static)
+    assert q["accuracy_drop_points"] <= 0.5, q
     ds = load_dataset({"name": "digits"}, input_shape=(1, 8, 8), seed=0)
     acc = float((ort.run(ort.session(path), ds.test.x).argmax(1) == ds.test.y).mean())
     assert abs(acc - q["int8_accuracy"]) < 1e-9  # the report's claim is what the file does
