@@ -17,6 +17,7 @@ is float32 noise). The report names the first step where the backends part by mo
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -209,14 +210,14 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cmd_curves(cfg: Any) -> int:
+def cmd_curves(cfg: Any, overrides: Sequence[str] = ()) -> int:
     """``dualml curves model=... trainer.optimizer...``: this training on ``backend`` and ``parity.against``,
-    in float64 and float32, judged as above; report under <out_dir>/curves/<model>/."""
+    in float64 and float32, judged as above; report under <out_dir>/curves/<model>/. ``overrides`` are the
+    command line's ``key=value`` items: each run reloads the config from them (backend and dtype set per run)."""
     import json
     from pathlib import Path
 
     from .checkpoint import atomic_write_bytes, atomic_write_text
-    from .cli import _OVERRIDES
     from .cpu import describe_cpu
     from .errors import DualmlError
 
@@ -228,7 +229,7 @@ def cmd_curves(cfg: Any) -> int:
         raise DualmlError(f"trainer.max_steps={steps} is not allowed here; allowed: >= {EARLY_STEPS} (the early steps "
                           "are judged on their own)")
     # the backend and dtype are set per run; every other override is the training being checked
-    overrides = [o for o in _OVERRIDES if not o.startswith(("backend=", "trainer.dtype=", "trainer.max_steps=",
+    overrides = [o for o in overrides if not o.startswith(("backend=", "trainer.dtype=", "trainer.max_steps=",
                                                             "parity.", "out_dir="))]
     results = [as_dict(run_curve(f"{cfg.model.name}/{cfg.trainer.optimizer.name}", overrides, backends, steps, d))
                for d in ("float64", "float32")]

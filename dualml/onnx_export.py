@@ -12,6 +12,7 @@ import hashlib
 import json
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -227,13 +228,13 @@ def sample_batch(cfg: Any, model: Module, n: int) -> tuple[np.ndarray, str]:
     return spec.sample(np.random.default_rng(cfg.seed)), f"random {spec.dtype} {list(spec.shape)}"
 
 
-def _explicit_model() -> bool:
-    from .cli import _OVERRIDES
+def explicit_model(overrides: Sequence[str]) -> bool:
+    """Whether the command line named the model (``model=...`` or ``model.key=...``): then it wins over the
+    checkpoint's recorded model."""
+    return any(o.split("=", 1)[0] == "model" or o.startswith("model.") for o in overrides)
 
-    return any(o.split("=", 1)[0] == "model" or o.startswith("model.") for o in _OVERRIDES)
 
-
-def cmd_export(cfg: Any) -> int:
+def cmd_export(cfg: Any, overrides: Sequence[str] = ()) -> int:
     """``dualml export backend=... checkpoint=... out=...``: export, verify, optionally quantize."""
     from omegaconf import OmegaConf
 
@@ -249,7 +250,7 @@ def cmd_export(cfg: Any) -> int:
     config = OmegaConf.to_container(cfg, resolve=True)
     if e.checkpoint:
         ckpt = resolve_checkpoint(str(e.checkpoint))
-        name, params, weights, meta = checkpoint_model(cfg, ckpt, _explicit_model())
+        name, params, weights, meta = checkpoint_model(cfg, ckpt, explicit_model(overrides))
         config = meta.get("config") or config
         source = {"checkpoint": str(ckpt), "checkpoint_sha256": meta.get("sha256"),
                   "trained_on": meta.get("backend"), "step": meta.get("step")}

@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import DualmlError
+from ..errors import DualmlError
 
 COMMANDS = {
     "train": "train `model` on `data` with `trainer` settings on `backend`; prints the run folder",
@@ -32,13 +32,15 @@ EXTERNAL = {"export": "dualml.onnx_export:cmd_export", "predict": "dualml.serve:
             "serve": "dualml.serve:cmd_serve", "compress": "dualml.compress.pipeline:cmd_compress",
             "bench": "dualml.bench:cmd_bench", "decide": "dualml.decide:cmd_decide",
             "estimate": "dualml.estimate:cmd_estimate", "curves": "dualml.curves:cmd_curves"}
+#: commands that also get the command line's overrides (to relaunch or reload the config from them)
+TAKES_OVERRIDES = ("train", "export", "curves")
 #: commands whose own config section's keys may be given bare (``out=m.onnx`` = ``export.out=m.onnx``);
 #: a bare word (no ``=``) is that section's ``model``
 SECTIONS = {"export": "export", "predict": "predict", "serve": "serve", "decide": "decide"}
 
 
 def _write_report(cfg: DictConfig, name: str, report: dict[str, Any], md: str | None = None) -> Path:
-    from .checkpoint import atomic_write_text
+    from ..checkpoint import atomic_write_text
 
     out = Path(cfg.out_dir) / name
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str))
@@ -47,26 +49,23 @@ def _write_report(cfg: DictConfig, name: str, report: dict[str, Any], md: str | 
     return out
 
 
-_OVERRIDES: list[str] = []
-
-
-def _launch_data_parallel(cfg: DictConfig) -> int:
+def _launch_data_parallel(cfg: DictConfig, overrides: Sequence[str]) -> int:
     """``trainer.devices=N``: re-run this command on N workers under the framework's own launcher."""
     import os
     import subprocess
     import tempfile
     import time
 
-    from .backend import get_backend
+    from ..backend import get_backend
 
     n = int(cfg.trainer.devices)
     run = cfg.trainer.run_dir or f"runs/{cfg.model.name}-{cfg.backend}-dp{n}-{time.strftime('%Y%m%d-%H%M%S')}"
     if Path(run).exists() and not cfg.trainer.resume:
         raise DualmlError(f"run folder {run} already exists; choose another trainer.run_dir or continue it "
                           "with trainer.resume=true (nothing was overwritten)")
-    args = ["train", *[o for o in _OVERRIDES if not o.startswith("trainer.run_dir=")], f"trainer.run_dir={run}"]
+    args = ["train", *[o for o in overrides if not o.startswith("trainer.run_dir=")], f"trainer.run_dir={run}"]
     logs = tempfile.mkdtemp(prefix="dualml-launch-")
-    script = str(Path(__file__).with_name("launch_worker.py"))
+    script = str(Path(__file__).parent.parent / "launch_worker.py")
     cmd = get_backend(cfg.backend).launch_command(n, script, args, logs)
     print(f"launching {n} {cfg.backend} workers: {' '.join(cmd)}")
     rc = subprocess.call(cmd, env={**os.environ, "DUALML_WORKER": "1"})
@@ -74,13 +73,13 @@ def _launch_data_parallel(cfg: DictConfig) -> int:
     return rc
 
 
-def cmd_train(cfg: DictConfig) -> int:
+def cmd_train(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
     import os
 
-    from .trainer import Trainer, TrainingDiverged
+    from ..trainer import Trainer, TrainingDiverged
 
     if int(cfg.trainer.devices) > 1 and not os.environ.get("DUALML_WORKER"):
-        return _launch_data_parallel(cfg)
+        return _launch_data_parallel(cfg, overrides)
     if int(cfg.trainer.devices) < 1:
         raise DualmlError(f"trainer.devices={cfg.trainer.devices} is not allowed; allowed: an integer >= 1")
     trainer = Trainer(cfg)
@@ -103,8 +102,8 @@ def cmd_train(cfg: DictConfig) -> int:
 
 
 def cmd_parity(cfg: DictConfig) -> int:
-    from .build import check_dtype
-    from .parity import Tolerance, default_cases, markdown, run_suite
+    from ..build import check_dtype
+    from ..parity import Tolerance, default_cases, markdown, run_suite
 
     backends = (cfg.backend, cfg.parity.against)
     if backends[0] == backends[1]:
@@ -117,7 +116,7 @@ def cmd_parity(cfg: DictConfig) -> int:
     dtype = check_dtype("parity.dtype", cfg.parity.dtype)
     tol = (Tolerance.float64(float(cfg.parity.float64_rtol)) if dtype == "float64" else
            Tolerance(cfg.parity.atol, cfg.parity.rtol, cfg.parity.grad_atol, cfg.parity.grad_rtol))
-    from .cpu import describe_cpu
+    from ..cpu import describe_cpu
 
     cpu = describe_cpu()
     print(f"parity in {dtype}: |a-b| <= {tol.atol:g} + {tol.rtol:g}*|b| (forward), "
@@ -149,8 +148,8 @@ def cmd_parity(cfg: DictConfig) -> int:
     if cfg.parity.onnx and cfg.parity.zoo and dtype == "float64":
         print("ONNX parity runs with parity.dtype=float32 (the exports are float32 graphs)")
     elif cfg.parity.onnx and cfg.parity.zoo:
-        from .onnx_export import onnx_markdown, onnx_parity
-        from .zoo import ZOO, create_model
+        from ..onnx_export import onnx_markdown, onnx_parity
+        from ..zoo import ZOO, create_model
 
         models = {n: create_model(n) for n in ZOO if not cfg.parity.only or cfg.parity.only in f"onnx:{n}"}
         if models:
@@ -174,12 +173,12 @@ def cmd_demo(cfg: DictConfig) -> int:
     import numpy as np
     from sklearn.datasets import load_digits
 
-    from . import build, convert, get_backend, get_weights, set_weights
-    from .checkpoint import load_weights, save_weights
-    from .config import model_params
-    from .module import describe
-    from .parity import Case, run_case
-    from .zoo import create_model
+    from .. import build, convert, get_backend, get_weights, set_weights
+    from ..checkpoint import load_weights, save_weights
+    from ..config import model_params
+    from ..module import describe
+    from ..parity import Case, run_case
+    from ..zoo import create_model
 
     name, params = model_params(cfg)
     model = create_model(name, **params)
@@ -218,16 +217,16 @@ def cmd_demo(cfg: DictConfig) -> int:
 
 
 def _leaves(native: Any) -> list[Any]:
-    from .build import native_leaves
+    from ..build import native_leaves
 
     return list(native_leaves(native).values())
 
 
 def cmd_layout(cfg: DictConfig) -> int:
-    from .backend import get_backend, layer_impl
-    from .config import model_params
-    from .module import join, named_leaves
-    from .zoo import create_model
+    from ..backend import get_backend, layer_impl
+    from ..config import model_params
+    from ..module import join, named_leaves
+    from ..zoo import create_model
 
     name, params = model_params(cfg)
     model = create_model(name, **params)
@@ -273,7 +272,7 @@ def _expand(command: str, overrides: list[str]) -> list[str]:
     section = SECTIONS.get(command)
     if section is None:
         return overrides
-    from .config import config_dir
+    from ..config import config_dir
 
     keys = set(OmegaConf.load(config_dir() / "config.yaml").get(section, {}).keys())
     out = []
@@ -289,8 +288,8 @@ def _expand(command: str, overrides: list[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .config import load_config
-    from .errors import did_you_mean
+    from ..errors import did_you_mean
+    from .auto import load
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -303,14 +302,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         overrides = _expand(command, overrides)
-        _OVERRIDES[:] = overrides
-        cfg = load_config(overrides)
+        cfg = load(overrides)
         if command in EXTERNAL:
             import importlib
 
-            module, func = EXTERNAL[command].split(":")
-            return getattr(importlib.import_module(module), func)(cfg)
-        return globals()[f"cmd_{command}"](cfg)
+            module, name = EXTERNAL[command].split(":")
+            func = getattr(importlib.import_module(module), name)
+        else:
+            func = globals()[f"cmd_{command}"]
+        return func(cfg, overrides) if command in TAKES_OVERRIDES else func(cfg)
     except DualmlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
