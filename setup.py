@@ -18,7 +18,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     # configs/ ships inside the package as dualml/_configs, so a non-editable install finds its defaults
-    packages=["dualml", "dualml.compress", "dualml._configs", "dualml_torch", "dualml_paddle"],
+    packages=["dualml", "dualml.cli", "dualml.compress", "dualml.evidence", "dualml.onnx", "dualml.train",
+              "dualml._configs", "dualml_torch", "dualml_paddle"],
     package_dir={"dualml": "dualml", "dualml._configs": "configs", "dualml_torch": "backends/dualml_torch",
                  "dualml_paddle": "backends/dualml_paddle"},
     package_data={"dualml._configs": ["*.yaml", "*/*.yaml"]},

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from dualml.bench import machine_info, threads  # noqa: F401  (re-exported; dualml bench records the same facts)
 from dualml.checkpoint import atomic_write_bytes as atomic_write  # noqa: F401  (re-exported)
+from dualml.evidence.bench import machine_info, threads  # noqa: F401  (re-exported; dualml bench records the same facts)
 
 
 def run_workers(script: str, worker_args: list[str], backends: tuple[str, ...],

@@ -13,10 +13,10 @@ import types
 
 import pytest
 
-from dualml import decide as d
 from dualml.cli import auto, main
 from dualml.config import load_config
 from dualml.errors import DualmlError
+from dualml.evidence import decide as d
 
 
 def _stats(ms: float) -> dict:

@@ -20,7 +20,7 @@ from ..errors import DualmlError
 
 def run_bench(cfg: Any, path: Path) -> None:
     """No bench report yet: run ``dualml bench`` for the configured model (imported only now: it is slow
-    and starts a worker per framework). Passed to :func:`dualml.decide.decide`, which never runs one."""
+    and starts a worker per framework). Passed to :func:`dualml.evidence.decide.decide`, which never runs one."""
     try:
         bench = importlib.import_module("dualml.cli.bench")
     except ModuleNotFoundError as exc:
@@ -41,7 +41,7 @@ def run_bench(cfg: Any, path: Path) -> None:
 def resolve_auto(cfg: Any) -> str:
     """``backend=auto``: set ``cfg.backend`` to the latest decision's pick (deciding first, and
     benchmarking first, when there is no usable decision) and say on stderr which backend and why."""
-    from ..decide import decide, decision_file, stale, write_decision
+    from ..evidence.decide import decide, decision_file, stale, write_decision
 
     path = decision_file(cfg)
     decision: Any = None

@@ -28,10 +28,10 @@ COMMANDS = {
     "config": "print the resolved config",
 }
 #: commands implemented outside this file ("module:function"), imported only when run
-EXTERNAL = {"export": "dualml.onnx_export:cmd_export", "predict": "dualml.serve:cmd_predict",
-            "serve": "dualml.serve:cmd_serve", "compress": "dualml.compress.pipeline:cmd_compress",
-            "bench": "dualml.bench:cmd_bench", "decide": "dualml.decide:cmd_decide",
-            "estimate": "dualml.estimate:cmd_estimate", "curves": "dualml.curves:cmd_curves"}
+EXTERNAL = {"export": "dualml.onnx.export:cmd_export", "predict": "dualml.onnx.serve:cmd_predict",
+            "serve": "dualml.onnx.serve:cmd_serve", "compress": "dualml.compress.pipeline:cmd_compress",
+            "bench": "dualml.evidence.bench:cmd_bench", "decide": "dualml.evidence.decide:cmd_decide",
+            "estimate": "dualml.evidence.estimate:cmd_estimate", "curves": "dualml.evidence.curves:cmd_curves"}
 #: commands that also get the command line's overrides (to relaunch or reload the config from them)
 TAKES_OVERRIDES = ("train", "export", "curves")
 #: commands whose own config section's keys may be given bare (``out=m.onnx`` = ``export.out=m.onnx``);
@@ -65,7 +65,7 @@ def _launch_data_parallel(cfg: DictConfig, overrides: Sequence[str]) -> int:
                           "with trainer.resume=true (nothing was overwritten)")
     args = ["train", *[o for o in overrides if not o.startswith("trainer.run_dir=")], f"trainer.run_dir={run}"]
     logs = tempfile.mkdtemp(prefix="dualml-launch-")
-    script = str(Path(__file__).parent.parent / "launch_worker.py")
+    script = str(Path(__file__).with_name("launch_worker.py"))
     cmd = get_backend(cfg.backend).launch_command(n, script, args, logs)
     print(f"launching {n} {cfg.backend} workers: {' '.join(cmd)}")
     rc = subprocess.call(cmd, env={**os.environ, "DUALML_WORKER": "1"})
@@ -76,7 +76,7 @@ def _launch_data_parallel(cfg: DictConfig, overrides: Sequence[str]) -> int:
 def cmd_train(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
     import os
 
-    from ..trainer import Trainer, TrainingDiverged
+    from ..train.trainer import Trainer, TrainingDiverged
 
     if int(cfg.trainer.devices) > 1 and not os.environ.get("DUALML_WORKER"):
         return _launch_data_parallel(cfg, overrides)
@@ -148,7 +148,7 @@ def cmd_parity(cfg: DictConfig) -> int:
     if cfg.parity.onnx and cfg.parity.zoo and dtype == "float64":
         print("ONNX parity runs with parity.dtype=float32 (the exports are float32 graphs)")
     elif cfg.parity.onnx and cfg.parity.zoo:
-        from ..onnx_export import onnx_markdown, onnx_parity
+        from ..onnx.export import onnx_markdown, onnx_parity
         from ..zoo import ZOO, create_model
 
         models = {n: create_model(n) for n in ZOO if not cfg.parity.only or cfg.parity.only in f"onnx:{n}"}

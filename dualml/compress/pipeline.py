@@ -221,7 +221,7 @@ def _train(ctx: Context, state: State, epochs: int, lr: float | None, model: Mod
     """Fine-tune with the normal Trainer (no run folder), keeping ``state.masks`` applied after every
     update; ``gradual`` grows magnitude masks along Zhu & Gupta's schedule while training."""
     from ..build import get_weights, set_weights
-    from ..trainer import Trainer
+    from ..train.trainer import Trainer
     from .prune import apply_masks, gradual_ratio, magnitude_masks
 
     def after(tr: Trainer) -> None:
@@ -319,7 +319,7 @@ def _seeded(model: Module, seed: int) -> dict[str, np.ndarray]:
 
 def _quantize(step: Step, state: State, ctx: Context) -> tuple[State, dict[str, Any]]:
     from ..build import build
-    from ..quantize import calibration_batches
+    from ..onnx.int8 import calibration_batches
     from . import quantization as Q
 
     p = step.params
@@ -338,11 +338,11 @@ def _quantize(step: Step, state: State, ctx: Context) -> tuple[State, dict[str, 
 # ----------------------------------------------------------------------------- measuring
 def _measure(state: State, ctx: Context, path: Path) -> dict[str, Any]:
     """Export the stage to ONNX (QDQ when quantized) and measure what the report shows."""
-    from .. import ort
     from ..build import build
     from ..module import manifest
-    from ..onnx_export import eager, export_model
-    from ..quantize import initializer_bytes, onnx_logits
+    from ..onnx import ort
+    from ..onnx.export import eager, export_model
+    from ..onnx.int8 import initializer_bytes, onnx_logits
     from .measure import count_params, flops, nonzero_params
 
     test = ctx.dataset.test
@@ -379,7 +379,7 @@ def _measure(state: State, ctx: Context, path: Path) -> dict[str, Any]:
 
 def _latencies(rows: list[dict[str, Any]], x: np.ndarray, repeats: int) -> None:
     """ORT latency of every stage's file at batch 1 and 64, all timed interleaved in one loop."""
-    from .. import ort
+    from ..onnx import ort
     from ..timing import interleaved
 
     for batch in (1, 64):
@@ -397,7 +397,7 @@ def run_pipeline(cfg: Any, out: Path) -> dict[str, Any]:
     from tqdm import tqdm
 
     from ..config import model_params
-    from ..data import load_dataset
+    from ..train.data import load_dataset
     from ..zoo import create_model
 
     name, params = model_params(cfg)
@@ -410,7 +410,7 @@ def run_pipeline(cfg: Any, out: Path) -> dict[str, Any]:
     ctx = Context(cfg, backend, ds, out)
     baseline_info: dict[str, Any]
     if spec.checkpoint:
-        from ..onnx_export import checkpoint_model, resolve_checkpoint
+        from ..onnx.export import checkpoint_model, resolve_checkpoint
 
         ckpt = resolve_checkpoint(str(spec.checkpoint))
         name, params, weights, meta = checkpoint_model(cfg, ckpt, explicit_model=False)

@@ -46,8 +46,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import png_bytes
-from .errors import ConfigError, DualmlError, check_keys, did_you_mean, not_allowed
+from ..checkpoint import png_bytes
+from ..errors import ConfigError, DualmlError, check_keys, did_you_mean, not_allowed
 
 #: criterion -> the mapping that measures it (None: a judgement, only ``source: config``)
 CRITERIA: dict[str, str | None] = {"team_familiarity": None, "deployment": "deployment",
@@ -105,7 +105,7 @@ def _plain(spec: Any) -> Any:
 def parse_matrix(spec: Any) -> Matrix:
     """Validate the ``decision`` config (a DictConfig or dict) and return it; the first problem is one
     ``ConfigError`` naming the key, the value and what is allowed, before anything is measured."""
-    from .backend import available_backends
+    from ..backend import available_backends
 
     raw = _plain(spec)
     if not isinstance(raw, dict):
@@ -433,7 +433,7 @@ def decision_file(cfg: Any) -> Path:
 
 def write_decision(decision: dict[str, Any], path: Path) -> dict[str, Path]:
     """decision.json, decision.md and decision.png next to each other, each written atomically."""
-    from .checkpoint import atomic_write_text
+    from ..checkpoint import atomic_write_text
 
     md = markdown(decision)
     atomic_write_text(path, json.dumps(decision, indent=2, default=str))
@@ -502,7 +502,7 @@ def plot(decision: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .checkpoint import atomic_write_bytes
+    from ..checkpoint import atomic_write_bytes
 
     bs = decision["backends"]
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(bs), 4.2))
@@ -527,7 +527,7 @@ def plot(decision: dict[str, Any], path: Path) -> None:
 
 def cmd_decide(cfg: Any) -> int:
     """``dualml decide [decision=NAME] [model=...] [decide.bench=FILE]``."""
-    from .cli.auto import run_bench
+    from ..cli.auto import run_bench
 
     decision = decide(cfg, run_bench=run_bench)
     paths = write_decision(decision, decision_file(cfg))

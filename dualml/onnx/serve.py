@@ -35,8 +35,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from ..errors import DualmlError
 from . import ort
-from .errors import DualmlError
 
 #: rows per ONNX Runtime call in ``dualml predict`` (bounds the activations' memory on large files)
 PREDICT_CHUNK = 1024
@@ -214,7 +214,7 @@ def cmd_predict(cfg: Any) -> int:
         raise DualmlError(f"ONNX Runtime failed on {p.input} (shape {list(x.shape)} {x.dtype}): "
                           f"{_one_line(exc)}") from None
     if p.output:
-        from .checkpoint import atomic_write_bytes
+        from ..checkpoint import atomic_write_bytes
 
         buf = io.BytesIO()
         np.save(buf, y)

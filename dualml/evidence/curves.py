@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .kinks import kinks
+from ..kinks import kinks
 
 FLOAT64_RTOL = 1e-9
 EARLY_STEPS = 10
@@ -100,8 +100,8 @@ def _batches(t: Any, steps: int):
 
 def _trainer(overrides: list[str], backend: str, dtype: str, steps: int,
              weights: dict[str, np.ndarray] | None = None) -> Any:
-    from .config import load_config
-    from .trainer import Trainer
+    from ..config import load_config
+    from ..train.trainer import Trainer
 
     cfg = load_config([f"backend={backend}", f"trainer.max_steps={steps}", f"trainer.dtype={dtype}", *overrides])
     return Trainer(cfg, write=False, progress=False, weights=weights)
@@ -113,7 +113,7 @@ def run_curve(label: str, overrides: list[str], backends: tuple[str, str] = ("to
     nudged by one ulp) and judge the cross-backend curve (see the module docstring)."""
     res = CurveResult(label, dtype, backends)
     ta, tb = (_trainer(overrides, b, dtype, steps) for b in backends)
-    from .build import build, get_weights
+    from ..build import build, get_weights
 
     w0 = get_weights(ta.net)  # canonical, so the same start on both backends
     recent: deque = deque(maxlen=3)  # (step, weights of a, batch) before each of the last updates
@@ -168,7 +168,7 @@ def plot(results: list[dict[str, Any]]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .checkpoint import png_bytes
+    from ..checkpoint import png_bytes
 
     fp32 = [r for r in results if r["dtype"] == "float32"]
     cols = max(1, min(4, len(fp32)))
@@ -217,9 +217,9 @@ def cmd_curves(cfg: Any, overrides: Sequence[str] = ()) -> int:
     import json
     from pathlib import Path
 
-    from .checkpoint import atomic_write_bytes, atomic_write_text
-    from .cpu import describe_cpu
-    from .errors import DualmlError
+    from ..checkpoint import atomic_write_bytes, atomic_write_text
+    from ..cpu import describe_cpu
+    from ..errors import DualmlError
 
     backends = (str(cfg.backend), str(cfg.parity.against))
     if backends[0] == backends[1]:

@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, ort
-from .backend import get_backend
-from .build import build, native_leaves
-from .checkpoint import atomic_write_bytes, atomic_write_text, load_weights
-from .errors import ConfigError, DualmlError, ExportError, VerificationError, not_allowed
-from .module import Module
+from .. import __version__
+from ..backend import get_backend
+from ..build import build, native_leaves
+from ..checkpoint import atomic_write_bytes, atomic_write_text, load_weights
+from ..errors import ConfigError, DualmlError, ExportError, VerificationError, not_allowed
+from ..module import Module
+from . import ort
 
 EXPORTERS = ("auto", "dynamo", "torchscript", "paddle2onnx")
 QUANTIZE = ("none", "dynamic", "static")
@@ -215,7 +216,7 @@ def checkpoint_model(cfg: Any, path: Path, explicit_model: bool) -> tuple[str, d
 
 def sample_batch(cfg: Any, model: Module, n: int) -> tuple[np.ndarray, str]:
     """``n`` test samples from the data config when they fit the model, else seeded random ones."""
-    from .data import load_dataset
+    from ..train.data import load_dataset
 
     spec = model.input_spec(n)[0]
     try:
@@ -238,7 +239,7 @@ def cmd_export(cfg: Any, overrides: Sequence[str] = ()) -> int:
     """``dualml export backend=... checkpoint=... out=...``: export, verify, optionally quantize."""
     from omegaconf import OmegaConf
 
-    from .zoo import create_model
+    from ..zoo import create_model
 
     e = cfg.export
     if e.quantize not in QUANTIZE:
@@ -291,8 +292,8 @@ def cmd_export(cfg: Any, overrides: Sequence[str] = ()) -> int:
 
 
 def _quantize(cfg: Any, model: Module, fp32: Path, out: Path, calib_batches: int) -> dict[str, Any]:
-    from .data import load_dataset
-    from .quantize import calibration_batches, compare_int8, quantize_onnx
+    from ..train.data import load_dataset
+    from .int8 import calibration_batches, compare_int8, quantize_onnx
 
     spec = model.input_spec(1)[0]
     try:
@@ -315,7 +316,7 @@ def onnx_parity(models: dict[str, Module], backends: tuple[str, str] = ("torch",
     eager model. The operator histograms show how differently the exporters built the graphs."""
     from tqdm import tqdm
 
-    from .module import init_weights
+    from ..module import init_weights
 
     results = []
     with tempfile.TemporaryDirectory(prefix="dualml-onnx-parity-") as tmp:
