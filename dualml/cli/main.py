@@ -1,279 +1,144 @@
 """``dualml <command> key=value ...``: every command reads the config, writes a report and prints
-where it went. Bad input exits 2 with one line; a failed check exits 1."""
+where it went. Bad input exits 2 with one line; a failed check exits 1.
+
+One argparse subcommand per file in this folder (``dualml/cli/<command>.py``, each with ``HELP``, ``KEYS``,
+``SECTION`` and ``cmd_<command>(cfg, overrides)``), imported here by name so the import graph shows
+what the command line reaches. ``dualml <command> --help`` lists the config keys that command reads, with
+their defaults and the comment next to each key in configs/*.yaml as its one-line doc.
+"""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..errors import DualmlError
+from .. import __version__
+from ..config import GROUPS, config_dir, load_config
+from ..errors import DualmlError, did_you_mean
+from . import bench, compress, curves, decide, demo, estimate, export, layout, parity, predict, serve, train
+from . import config as config_cmd
+from .auto import load
 
-COMMANDS = {
-    "train": "train `model` on `data` with `trainer` settings on `backend`; prints the run folder",
-    "parity": "run the parity suite between `backend` and `parity.against`",
-    "curves": "train the config on `backend` and `parity.against` in float64 and float32; same training?",
-    "demo": "build `model` on both backends from one seed, move weights through safetensors, compare",
-    "layout": "print the canonical weight layout of `model` and each backend's native names",
-    "export": "export `backend`'s model (from export.checkpoint) to ONNX, verify it in ONNX Runtime",
-    "predict": "run an ONNX model on an .npy file: `dualml predict model.onnx input=x.npy`",
-    "serve": "serve an ONNX model over HTTP with request batching: `dualml serve model.onnx`",
-    "compress": "run the compression pipeline `compress` (configs/compress/*.yaml) on `backend`, measure each pass",
-    "bench": "measure `model` on torch and paddle side by side (train step, eager/ORT latency, memory, export, INT8)",
-    "decide": "score the decision matrix `decision` (configs/decision/*.yaml) from the bench report; pick a backend",
-    "estimate": "memory formula for training `model` at data.batch_size, term by term, next to the measured peak",
-    "config": "print the resolved config",
+#: command name -> its module, in the order ``dualml --help`` lists them
+MODULES: dict[str, ModuleType] = {
+    "train": train, "parity": parity, "curves": curves, "demo": demo, "layout": layout, "export": export,
+    "predict": predict, "serve": serve, "compress": compress, "bench": bench, "decide": decide,
+    "estimate": estimate, "config": config_cmd,
 }
-#: commands implemented outside this file ("module:function"), imported only when run
-EXTERNAL = {"export": "dualml.onnx.export:cmd_export", "predict": "dualml.onnx.serve:cmd_predict",
-            "serve": "dualml.onnx.serve:cmd_serve", "compress": "dualml.compress.pipeline:cmd_compress",
-            "bench": "dualml.evidence.bench:cmd_bench", "decide": "dualml.evidence.decide:cmd_decide",
-            "estimate": "dualml.evidence.estimate:cmd_estimate", "curves": "dualml.evidence.curves:cmd_curves"}
-#: commands that also get the command line's overrides (to relaunch or reload the config from them)
-TAKES_OVERRIDES = ("train", "export", "curves")
-#: commands whose own config section's keys may be given bare (``out=m.onnx`` = ``export.out=m.onnx``);
-#: a bare word (no ``=``) is that section's ``model``
-SECTIONS = {"export": "export", "predict": "predict", "serve": "serve", "decide": "decide"}
+COMMANDS = {name: m.HELP for name, m in MODULES.items()}
+EXAMPLES = ("dualml parity backend=torch parity.against=paddle", "dualml demo model=cnn",
+            "dualml layout model=transformer", "dualml export backend=paddle checkpoint=runs/RUN/best out=model.onnx",
+            "dualml serve model.onnx port=8000", "dualml train --help")
 
 
-def _write_report(cfg: DictConfig, name: str, report: dict[str, Any], md: str | None = None) -> Path:
-    from ..checkpoint import atomic_write_text
-
-    out = Path(cfg.out_dir) / name
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str))
-    if md is not None:
-        atomic_write_text(out / "report.md", md)
-    return out
-
-
-def _launch_data_parallel(cfg: DictConfig, overrides: Sequence[str]) -> int:
-    """``trainer.devices=N``: re-run this command on N workers under the framework's own launcher."""
-    import os
-    import subprocess
-    import tempfile
-    import time
-
-    from ..backend import get_backend
-
-    n = int(cfg.trainer.devices)
-    run = cfg.trainer.run_dir or f"runs/{cfg.model.name}-{cfg.backend}-dp{n}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if Path(run).exists() and not cfg.trainer.resume:
-        raise DualmlError(f"run folder {run} already exists; choose another trainer.run_dir or continue it "
-                          "with trainer.resume=true (nothing was overwritten)")
-    args = ["train", *[o for o in overrides if not o.startswith("trainer.run_dir=")], f"trainer.run_dir={run}"]
-    logs = tempfile.mkdtemp(prefix="dualml-launch-")
-    script = str(Path(__file__).with_name("launch_worker.py"))
-    cmd = get_backend(cfg.backend).launch_command(n, script, args, logs)
-    print(f"launching {n} {cfg.backend} workers: {' '.join(cmd)}")
-    rc = subprocess.call(cmd, env={**os.environ, "DUALML_WORKER": "1"})
-    print(f"launcher logs: {logs}")
-    return rc
-
-
-def cmd_train(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
-    import os
-
-    from ..train.trainer import Trainer, TrainingDiverged
-
-    if int(cfg.trainer.devices) > 1 and not os.environ.get("DUALML_WORKER"):
-        return _launch_data_parallel(cfg, overrides)
-    if int(cfg.trainer.devices) < 1:
-        raise DualmlError(f"trainer.devices={cfg.trainer.devices} is not allowed; allowed: an integer >= 1")
-    trainer = Trainer(cfg)
-    try:
-        metrics = trainer.fit()
-    except TrainingDiverged as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    run = trainer.run_dir
-    if not trainer.is_main:
-        return 0
-    if trainer.world_size > 1:
-        print(f"data parallel over {trainer.world_size} ranks; mean |rank - rank 0| weight difference "
-              f"{metrics['rank_weight_diff_mean']:.3g}")
-    print(f"{metrics['model']} [{metrics['backend']}]: test accuracy {metrics['test_acc']:.4f}, test loss "
-          f"{metrics['test_loss']:.4f} after {metrics['steps']} steps / {metrics['epochs']} epochs "
-          f"in {metrics['seconds']:.1f} s" + (" (stopped early)" if metrics["stopped_early"] else ""))
-    print(f"run folder: {run} (metrics.json, curves.png, steps.csv, epochs.csv, tb/, best/last.safetensors)")
-    return 0
-
-
-def cmd_parity(cfg: DictConfig) -> int:
-    from ..build import check_dtype
-    from ..parity import Tolerance, default_cases, markdown, run_suite
-
-    backends = (cfg.backend, cfg.parity.against)
-    if backends[0] == backends[1]:
-        raise DualmlError(f"parity.against={backends[1]} is the same as backend={backends[0]}; "
-                          "compare two different backends")
-    cases = [c for c in default_cases(zoo=cfg.parity.zoo, backends=backends)
-             if not cfg.parity.only or cfg.parity.only in c.name]
-    if not cases:
-        raise DualmlError(f"parity.only={cfg.parity.only} matches no case")
-    dtype = check_dtype("parity.dtype", cfg.parity.dtype)
-    tol = (Tolerance.float64(float(cfg.parity.float64_rtol)) if dtype == "float64" else
-           Tolerance(cfg.parity.atol, cfg.parity.rtol, cfg.parity.grad_atol, cfg.parity.grad_rtol))
-    from ..cpu import describe_cpu
-
-    cpu = describe_cpu()
-    print(f"parity in {dtype}: |a-b| <= {tol.atol:g} + {tol.rtol:g}*|b| (forward), "
-          f"{tol.grad_atol:g} + {tol.grad_rtol:g}*|b| (gradients); CPU {cpu['cpu_flags']}, kernel limits "
-          f"{cpu['kernel_limits']}")
-    report = run_suite(cases, backends, tol, seed=cfg.seed, dtype=dtype)
-    groups: dict[str, list[dict]] = {}
-    for r in report["results"]:
-        groups.setdefault(r["group"], []).append(r)
-    print(f"{'group':8} {'runs':>5} {'passed':>7} {'max fwd abs':>12} {'max grad abs':>13}")
-    for g, rs in groups.items():  # gradients of cases with a named float32 constant or kink are reported below
-        plain = [r["grad_max_abs"] for r in rs if not r["float32_constants"] and not r["kinks"]]
-        print(f"{g:8} {len(rs):5d} {sum(r['passed'] for r in rs):7d} "
-              f"{max(r['forward_max_abs'] for r in rs):12.2e} {max(plain, default=0.0):13.2e}")
-    for r in report["results"]:
-        if not r["passed"]:
-            print(f"FAIL {r['name']} [{r['mode']}]: {r['message']}"
-                  + (f" | first divergence: {r['first_divergence']}" if r["first_divergence"] else ""))
-    s = report["summary"]
-    md = markdown(report)
-    for c in report["float32_constants"]:
-        worst = max(r["grad_max_abs"] for r in report["results"]
-                    if any(x.startswith(c) for x in r["float32_constants"]))
-        print(f"named float32 constant: {c}; largest gradient difference where it applies: {worst:.1e}")
-    for r in report["results"]:
-        if r["kinks"]:
-            print(f"kink in {r['name']} [{r['mode']}]: {'; '.join(r['kinks'])}")
-    onnx_failed = 0
-    if cfg.parity.onnx and cfg.parity.zoo and dtype == "float64":
-        print("ONNX parity runs with parity.dtype=float32 (the exports are float32 graphs)")
-    elif cfg.parity.onnx and cfg.parity.zoo:
-        from ..onnx.export import onnx_markdown, onnx_parity
-        from ..zoo import ZOO, create_model
-
-        models = {n: create_model(n) for n in ZOO if not cfg.parity.only or cfg.parity.only in f"onnx:{n}"}
-        if models:
-            report["onnx"] = onnx_parity(models, backends, seed=cfg.seed, atol=cfg.parity.atol, rtol=cfg.parity.rtol)
-            md += "\n" + onnx_markdown(report["onnx"])
-            rs = report["onnx"]["results"]
-            onnx_failed = report["onnx"]["failed"]
-            print(f"{'onnx':8} {len(rs):5d} {len(rs) - onnx_failed:7d} {max(r['max_abs'] for r in rs):12.2e} "
-                  f"{'(ORT vs ORT)':>13}")
-            for r in rs:
-                if not r["passed"]:
-                    print(f"FAIL onnx:{r['model']}: max abs {r['max_abs']:.3g} {r['message']}")
-    out = _write_report(cfg, "parity", report, md)
-    print(f"{s['passed']}/{s['cases']} parity runs passed in {dtype} ({backends[0]} vs {backends[1]})"
-          + (f"; ONNX exports agree on {len(rs) - onnx_failed}/{len(rs)} zoo models" if "onnx" in report else ""))
-    print(f"report: {out / 'report.json'} and {out / 'report.md'}")
-    return 0 if s["failed"] == 0 and not onnx_failed else 1
-
-
-def cmd_demo(cfg: DictConfig) -> int:
-    import numpy as np
-    from sklearn.datasets import load_digits
-
-    from .. import build, convert, get_backend, get_weights, set_weights
-    from ..checkpoint import load_weights, save_weights
-    from ..config import model_params
-    from ..module import describe
-    from ..parity import Case, run_case
-    from ..zoo import create_model
-
-    name, params = model_params(cfg)
-    model = create_model(name, **params)
-    spec = model.input_spec(8)[0]
-    if name in ("mlp", "cnn"):  # real data: the first 8 digits, scaled to [0, 1]
-        x = (load_digits().images[:8] / 16.0).astype("float32").reshape(spec.shape)
-    else:
-        x = spec.sample(np.random.default_rng(cfg.seed))
-    a, b = cfg.backend, cfg.parity.against
-    net_a = build(model, a, seed=cfg.seed)
-    print(f"built {name} for {a}: {type(net_a).__module__}.{type(net_a).__name__}; leaves are "
-          f"{sorted({type(m).__module__.split('.')[0] + '.' + type(m).__name__ for m in _leaves(net_a)})}")
-    path = Path(cfg.out_dir) / "demo" / f"{name}.safetensors"
-    save_weights(path, get_weights(net_a), {"model": name, "backend": a, "architecture": describe(model)})
-    weights, meta = load_weights(path)
-    net_b = build(model, b, weights=weights)
-    print(f"moved {len(weights)} canonical tensors {a} -> {path} -> {b} ({type(net_b).__name__} on {b})")
-    ya = get_backend(a).numpy(net_a(get_backend(a).tensor(x)))
-    yb = get_backend(b).numpy(net_b(get_backend(b).tensor(x)))
-    diff = float(np.abs(ya - yb).max())
-    back = get_weights(convert(net_b, a))
-    exact = all(np.array_equal(back[k], weights[k]) for k in weights)
-    set_weights(net_a, back)
-    print(f"forward on {x.shape[0]} inputs: max |{a} - {b}| = {diff:.3g}; predictions agree: "
-          f"{bool((ya.argmax(-1) == yb.argmax(-1)).all())}; round trip {a}->{b}->{a} bit-exact: {exact}")
-    results = [run_case(Case(f"model:{name}", "model", model, model.input_spec(2)), mode, (a, b), seed=cfg.seed)
-               for mode in ("eval", "train")]
-    for r in results:
-        print(f"parity [{r.mode}]: {'pass' if r.passed else 'FAIL'} forward max abs {r.forward_max_abs:.2e}, "
-              f"grad max abs {r.grad_max_abs:.2e} {r.message}")
-    report = {"model": name, "backends": [a, b], "weights_file": str(path), "forward_max_abs": diff,
-              "roundtrip_bit_exact": exact, "parity": [r.__dict__ for r in results]}
-    out = _write_report(cfg, "demo", report)
-    print(f"report: {out / 'report.json'}")
-    return 0 if exact and all(r.passed for r in results) else 1
-
-
-def _leaves(native: Any) -> list[Any]:
-    from ..build import native_leaves
-
-    return list(native_leaves(native).values())
-
-
-def cmd_layout(cfg: DictConfig) -> int:
-    from ..backend import get_backend, layer_impl
-    from ..config import model_params
-    from ..module import join, named_leaves
-    from ..zoo import create_model
-
-    name, params = model_params(cfg)
-    model = create_model(name, **params)
-    backends = [cfg.backend, cfg.parity.against]
-    rows = ["| canonical name | shape | layer | " + " | ".join(f"{b} native" for b in backends) + " |",
-            "|---|---|---|" + "---|" * len(backends)]
-    for b in backends:
-        get_backend(b)
-    for path, leaf in named_leaves(model):
-        params_ = leaf.params()
-        natives = {b: {c: (r.native, r.transform) for r in layer_impl(b, leaf).rules_for(leaf) for c in r.canonical}
-                   for b in backends}
-        for k, spec in params_.items():
-            cells = []
-            for b in backends:
-                n, t = natives[b].get(k, ("?", ""))
-                cells.append(join(path, n) + ("" if t == "same" else f" ({t})"))
-            rows.append(f"| {join(path, k)} | {list(spec.shape)} | {leaf.kind} | " + " | ".join(cells) + " |")
-    md = "\n".join(rows) + "\n"
-    print(md)
-    out = _write_report(cfg, "layout", {"model": name, "table": rows}, md)
-    print(f"report: {out / 'report.md'}")
-    return 0
-
-
-def cmd_config(cfg: DictConfig) -> int:
-    print(OmegaConf.to_yaml(cfg))
-    return 0
+def command(name: str) -> Callable[[DictConfig, Sequence[str]], int]:
+    """The function that runs command ``name``: ``cmd_<name>(cfg, overrides) -> exit status``."""
+    return getattr(MODULES[name], f"cmd_{name}")
 
 
 def usage() -> str:
-    lines = ["usage: dualml <command> [key=value ...]", "", "commands:"]
+    lines = ["usage: dualml [--version] <command> [key=value ...] [--help]", "", "commands:"]
     lines += [f"  {k:8} {v}" for k, v in COMMANDS.items()]
-    lines += ["", "examples: dualml parity backend=torch parity.against=paddle",
-              "          dualml demo model=cnn", "          dualml layout model=transformer",
-              "          dualml export backend=paddle checkpoint=runs/RUN/best out=model.onnx",
-              "          dualml serve model.onnx port=8000"]
+    lines += ["", "examples: " + EXAMPLES[0], *(f"          {e}" for e in EXAMPLES[1:])]
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- --help: keys, defaults, docs
+def yaml_comments(text: str) -> dict[str, str]:
+    """``dotted key -> the comment on its line`` for a block-style YAML file (what configs/ holds). Why
+    parse comments: they are the keys' documentation, kept next to the values they describe."""
+    out: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    for line in text.splitlines():
+        stripped = line.lstrip()
+        if not stripped or stripped.startswith(("#", "-")) or ":" not in stripped:
+            continue
+        indent = len(line) - len(stripped)
+        key = stripped.split(":", 1)[0].strip()
+        if not key.replace("_", "").replace("-", "").isalnum():
+            continue
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        dotted = ".".join([k for _, k in stack] + [key])
+        stack.append((indent, key))
+        if " #" in stripped:
+            out[dotted] = stripped.split(" #", 1)[1].strip().lstrip("#").strip()
+    return out
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
+    text = json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _leaves(node: Any, prefix: str) -> list[tuple[str, Any]]:
+    if isinstance(node, DictConfig) and len(node):
+        return [pair for k, v in node.items() for pair in _leaves(v, f"{prefix}.{k}" if prefix else str(k))]
+    return [(prefix, node)]
+
+
+def keys_help(keys: Sequence[str] | None) -> str:
+    """The config keys (``key=default  doc``) under ``keys`` (sections, groups or single keys; None: all)."""
+    root = config_dir()
+    try:
+        cfg = load_config([])  # never resolves backend=auto: help must not run a benchmark
+    except DualmlError as exc:  # a broken config still gets help, with the reason
+        return f"config keys: unavailable ({exc})"
+    docs = yaml_comments((root / "config.yaml").read_text())
+    base = OmegaConf.load(root / "config.yaml")
+    chosen = dict(base.get("defaults", {}))
+    rows: list[tuple[str, str, str]] = []
+    wanted = list(keys) if keys is not None else [k for k in cfg.keys()]
+    for want in wanted:
+        if want in GROUPS:
+            choices = sorted(p.stem for p in (root / want).glob("*.yaml"))
+            doc = docs.get(f"defaults.{want}") or f"configs/{want}/<name>.yaml"
+            rows.append((f"{want}={chosen.get(want)}", f"one of: {', '.join(choices)}", doc))
+            group_docs = yaml_comments((root / want / f"{chosen.get(want)}.yaml").read_text())
+            for k, v in _leaves(cfg[want], ""):
+                rows.append((f"{want}.{k}={_show(v)}", "", group_docs.get(k, "")))
+            continue
+        node = OmegaConf.select(cfg, want)
+        for k, v in _leaves(node, want):
+            rows.append((f"{k}={_show(v)}", "", docs.get(k, "")))
+    width = min(46, max((len(r[0]) for r in rows), default=0))
+    lines = [f"config keys (defaults from {root}; override any as key=value):"]
+    for key, extra, doc in rows:
+        text = "  ".join(x for x in (extra, doc) if x)
+        lines.append(f"  {key:{width}}  {text}".rstrip() if len(key) <= width else f"  {key}\n  {'':{width}}  {text}")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def parser(help_for: str | None = None) -> argparse.ArgumentParser:
+    """``dualml [--version] <command> [key=value ...]``; each command has its own ``--help``, whose key
+    table is built only for ``help_for`` (it loads the config: not worth doing for every run)."""
+    p = argparse.ArgumentParser(prog="dualml", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=usage().split("\n\n", 1)[1])
+    p.add_argument("--version", action="version", version=f"dualml {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="<command>")
+    for name, module in MODULES.items():
+        section = getattr(module, "SECTION", None)
+        bare = f"; keys of `{section}` may be given bare, a bare word is {section}.model" if section else ""
+        s = sub.add_parser(name, help=module.HELP, description=f"{module.HELP}{bare}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter,  # the key table as written
+                           epilog=keys_help(module.KEYS or None) if name == help_for else None)
+        s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (OmegaConf dotlist)")
+    return p
 
 
 def _expand(command: str, overrides: list[str]) -> list[str]:
     """``dualml serve m.onnx port=9000`` -> ``serve.model=m.onnx serve.port=9000`` (section keys only)."""
-    section = SECTIONS.get(command)
+    section = getattr(MODULES[command], "SECTION", None)
     if section is None:
         return overrides
-    from ..config import config_dir
-
     keys = set(OmegaConf.load(config_dir() / "config.yaml").get(section, {}).keys())
     out = []
     for item in overrides:
@@ -288,29 +153,31 @@ def _expand(command: str, overrides: list[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..errors import did_you_mean
-    from .auto import load
-
+    """Run one command; returns its exit status (2 with one ``error:`` line for bad input)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
-    command, overrides = argv[0], argv[1:]
-    if command not in COMMANDS:
-        print(f"error: command '{command}' is not allowed; allowed: {', '.join(COMMANDS)}"
-              f"{did_you_mean(command, COMMANDS)}", file=sys.stderr)
+    name = argv[0]
+    if not name.startswith("-") and name not in MODULES:
+        print(f"error: command '{name}' is not allowed; allowed: {', '.join(MODULES)}"
+              f"{did_you_mean(name, MODULES)}", file=sys.stderr)
         return 2
+    p = parser()
+    if name in MODULES and any(a in ("-h", "--help") for a in argv[1:]):
+        parser(help_for=name).parse_args([name, "--help"])  # prints the command's help and exits 0
+    # key=value items are not argparse options: anything else (``-x``) goes to the config loader, whose
+    # one-line error says what is allowed, as it always has
+    args, unknown = p.parse_known_args(argv)
+    if args.command is None:
+        print(f"error: argument '{name}' is not allowed; allowed: --version, --help or a command: "
+              f"{', '.join(MODULES)}", file=sys.stderr)
+        return 2
+    overrides = [*args.overrides, *unknown]
     try:
-        overrides = _expand(command, overrides)
+        overrides = _expand(args.command, overrides)
         cfg = load(overrides)
-        if command in EXTERNAL:
-            import importlib
-
-            module, name = EXTERNAL[command].split(":")
-            func = getattr(importlib.import_module(module), name)
-        else:
-            func = globals()[f"cmd_{command}"]
-        return func(cfg, overrides) if command in TAKES_OVERRIDES else func(cfg)
+        return command(args.command)(cfg, overrides)
     except DualmlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

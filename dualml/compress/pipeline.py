@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import gzip
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -481,18 +480,3 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"{report['pipeline']}: {report['model']} on {report['backend']}")
     fig.tight_layout()
     atomic_write_bytes(path, png_bytes(fig))
-
-
-def cmd_compress(cfg: Any) -> int:
-    """``dualml compress backend=... model=... data=... compress=NAME``."""
-    from ..checkpoint import atomic_write_text
-
-    out = Path(cfg.out_dir) / "compress" / f"{cfg.compress.name}-{cfg.model.name}-{cfg.backend}"
-    report = run_pipeline(cfg, out)
-    md = table(report)
-    print(md)
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str))
-    atomic_write_text(out / "report.md", md)
-    plot(report, out / "compress.png")
-    print(f"report: {out / 'report.json'}, {out / 'report.md'}, {out / 'compress.png'} (ONNX per stage in {out})")
-    return 0

@@ -602,27 +602,5 @@ def plot(report: dict[str, Any]) -> bytes:
     return png_bytes(fig)
 
 
-def cmd_bench(cfg: Any) -> int:
-    """``dualml bench model=... data=...``: measure, write report.json/report.md/bench.png under
-    ``<out_dir>/bench/<model>/`` and ``<out_dir>/bench/latest.json`` (a copy of the newest report, for
-    ``dualml decide``), print the table and where it went."""
-    from ..checkpoint import atomic_write_bytes, atomic_write_text
-
-    check_options(cfg.bench)
-    out = Path(cfg.out_dir) / "bench" / str(cfg.model.name)
-    report = run_bench(cfg, out / "logs")
-    text = json.dumps(report, indent=2, default=str)
-    atomic_write_text(out / "report.json", text)
-    md = markdown(report)
-    atomic_write_text(out / "report.md", md)
-    atomic_write_bytes(out / "bench.png", plot(report))
-    latest = json.loads(text) | {"report": str(out / "report.json")}
-    atomic_write_text(out.parent / "latest.json", json.dumps(latest, indent=2))
-    print(md)
-    print(f"report: {out / 'report.json'}, {out / 'report.md'}, {out / 'bench.png'}")
-    print(f"latest: {out.parent / 'latest.json'}")
-    return 0
-
-
 if __name__ == "__main__":
     sys.exit(_worker_main(sys.argv[1:]))

@@ -17,7 +17,6 @@ is float32 noise). The report names the first step where the backends part by mo
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -208,40 +207,3 @@ def markdown(report: dict[str, Any]) -> str:
                  str(f32["first_part"] or "-"), "; ".join(f32["cause"][:1]) or "-"] if f32 else ["-"] * 5)
         lines.append("| " + " | ".join([*row, verdict(f64), verdict(f32)]) + " |")
     return "\n".join(lines) + "\n"
-
-
-def cmd_curves(cfg: Any, overrides: Sequence[str] = ()) -> int:
-    """``dualml curves model=... trainer.optimizer...``: this training on ``backend`` and ``parity.against``,
-    in float64 and float32, judged as above; report under <out_dir>/curves/<model>/. ``overrides`` are the
-    command line's ``key=value`` items: each run reloads the config from them (backend and dtype set per run)."""
-    import json
-    from pathlib import Path
-
-    from ..checkpoint import atomic_write_bytes, atomic_write_text
-    from ..cpu import describe_cpu
-    from ..errors import DualmlError
-
-    backends = (str(cfg.backend), str(cfg.parity.against))
-    if backends[0] == backends[1]:
-        raise DualmlError(f"parity.against={backends[1]} is the same as backend={backends[0]}; compare two backends")
-    steps = int(cfg.trainer.max_steps or 100)
-    if steps < EARLY_STEPS:
-        raise DualmlError(f"trainer.max_steps={steps} is not allowed here; allowed: >= {EARLY_STEPS} (the early steps "
-                          "are judged on their own)")
-    # the backend and dtype are set per run; every other override is the training being checked
-    overrides = [o for o in overrides if not o.startswith(("backend=", "trainer.dtype=", "trainer.max_steps=",
-                                                            "parity.", "out_dir="))]
-    results = [as_dict(run_curve(f"{cfg.model.name}/{cfg.trainer.optimizer.name}", overrides, backends, steps, d))
-               for d in ("float64", "float32")]
-    report = {"cpu": describe_cpu(), "steps": steps, "overrides": overrides, "results": results}
-    out = Path(cfg.out_dir) / "curves" / str(cfg.model.name)
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
-    atomic_write_text(out / "report.md", markdown(report))
-    atomic_write_bytes(out / "curves.png", plot(results))
-    for r in results:
-        extra = "" if r["dtype"] == "float64" else (
-            f", one-ulp self {r['max_self']:.2e}, ratio {r['ratio']:.2f}, parts >{PART_RTOL:g} at step "
-            f"{r['first_part'] or '-'}{' (' + r['cause'][0] + ')' if r['cause'] else ''}")
-        print(f"{r['dtype']}: {'pass' if r['passed'] else 'FAIL'} cross max {r['max_cross']:.2e}{extra}")
-    print(f"report: {out / 'report.json'}, {out / 'report.md'}, {out / 'curves.png'}")
-    return 0 if all(r["passed"] for r in results) else 1

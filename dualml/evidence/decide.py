@@ -525,17 +525,6 @@ def plot(decision: dict[str, Any], path: Path) -> None:
     atomic_write_bytes(path, png_bytes(fig))
 
 
-def cmd_decide(cfg: Any) -> int:
-    """``dualml decide [decision=NAME] [model=...] [decide.bench=FILE]``."""
-    from ..cli.auto import run_bench
-
-    decision = decide(cfg, run_bench=run_bench)
-    paths = write_decision(decision, decision_file(cfg))
-    print(markdown(decision))
-    print(f"decision: {paths['json']}, {paths['md']}, {paths['png']}")
-    return 0
-
-
 # ----------------------------------------------------------------------------- backend=auto
 def stale(decision: Any, cfg: Any) -> str | None:
     """Why the stored decision cannot be reused for this config, or None when it can."""

@@ -566,14 +566,6 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     return report, out
 
 
-def cmd_estimate(cfg: DictConfig) -> int:
-    """``dualml estimate model=... data.batch_size=...``: print the table, write JSON + markdown."""
-    report, out = run(cfg)
-    print(markdown(report))
-    print(f"report: {out / 'report.json'} and {out / 'report.md'}")
-    return 0
-
-
 def _worker_main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="dualml estimate: one backend's measured run (internal)")
     p.add_argument("--worker", required=True, help="resolved config YAML")
