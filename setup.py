@@ -8,7 +8,7 @@ TORCH = ["torch==2.13.0"]
 PADDLE = ["paddlepaddle==2.6.2", "paddleslim==2.6.0", "paddle2onnx==1.3.1", "setuptools<81", "six",
           "requests", "decorator"]
 EXPORT = ["onnx==1.17.0", "onnxruntime>=1.20,<1.32", "onnxscript>=0.5,<0.8"]
-DEV = ["pytest", "ruff"]
+DEV = ["pytest", "ruff", "import-linter>=2.1"]
 
 setup(
     name="dualml",
