@@ -7,7 +7,7 @@ paddle would not train faster. This script checks that promise for ``mlp`` and `
 
 * the Trainer: ``Trainer(cfg, write=False, progress=False)`` (no run folder, no CSV/TensorBoard, no
   progress bar, so disk I/O does not blur the comparison), the dualml-built model;
-* the native loop: the hand-written twin of the model (``dualml_<backend>.handwritten``) carrying the
+* the native loop: the hand-written twin of the model (``tests/fixtures/handwritten_<backend>.py``) carrying the
   Trainer's initial weights (``dualml.export_native``), the framework's own Adam (lr 1e-2, same betas
   and eps), the framework's own cross-entropy, the same cosine learning rate set on the optimizer
   every step, ``loss.item()`` and the batch's correct-prediction count every step (the per-step loss
@@ -108,7 +108,7 @@ class NativeLoop:
         self.accuracy, self.last_acc = accuracy, float("nan")
         if backend == "torch":
             import torch
-            from dualml_torch.handwritten import HANDWRITTEN
+            from fixtures.handwritten_torch import HANDWRITTEN
 
             self.torch = torch
             self.net = net
@@ -119,7 +119,7 @@ class NativeLoop:
             self.ce = torch.nn.functional.cross_entropy
         else:
             import paddle
-            from dualml_paddle.handwritten import HANDWRITTEN
+            from fixtures.handwritten_paddle import HANDWRITTEN
 
             self.paddle = paddle
             self.net = net
