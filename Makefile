@@ -23,8 +23,11 @@ $(STAMP): requirements-cpu.txt setup.py
 
 venv: $(STAMP)
 
+# ruff for style; lint-imports for the architecture (contracts in pyproject.toml: layers, no framework
+# import from dualml, no cycles)
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 test: venv lint
 	$(BIN)/python -m pytest -q tests parity_tests

@@ -8,7 +8,7 @@ TORCH = ["torch==2.13.0"]
 PADDLE = ["paddlepaddle==2.6.2", "paddleslim==2.6.0", "paddle2onnx==1.3.1", "setuptools<81", "six",
           "requests", "decorator"]
 EXPORT = ["onnx==1.17.0", "onnxruntime>=1.20,<1.32", "onnxscript>=0.5,<0.8"]
-DEV = ["pytest", "ruff"]
+DEV = ["pytest", "ruff", "import-linter>=2.1"]
 
 setup(
     name="dualml",
@@ -18,7 +18,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     # configs/ ships inside the package as dualml/_configs, so a non-editable install finds its defaults
-    packages=["dualml", "dualml.compress", "dualml._configs", "dualml_torch", "dualml_paddle"],
+    packages=["dualml", "dualml.cli", "dualml.compress", "dualml.evidence", "dualml.onnx", "dualml.train",
+              "dualml._configs", "dualml_torch", "dualml_paddle"],
     package_dir={"dualml": "dualml", "dualml._configs": "configs", "dualml_torch": "backends/dualml_torch",
                  "dualml_paddle": "backends/dualml_paddle"},
     package_data={"dualml._configs": ["*.yaml", "*/*.yaml"]},

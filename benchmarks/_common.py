@@ -1,12 +1,20 @@
 """What both benchmarks share: machine facts read without importing a framework, the worker's
-thread count, and atomic report writes (dualml's own writer)."""
+thread count, and atomic report writes (dualml's own writer). Importing it also puts tests/ on the path:
+the hand-written reference models the overhead benchmarks compare with are test fixtures
+(tests/fixtures/handwritten_<backend>.py), not part of the installed package."""
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
-from dualml.bench import machine_info, threads  # noqa: F401  (re-exported; dualml bench records the same facts)
 from dualml.checkpoint import atomic_write_bytes as atomic_write  # noqa: F401  (re-exported)
+from dualml.evidence.bench import machine_info, threads  # noqa: F401  (re-exported; dualml bench records the same facts)
+
+TESTS = str(Path(__file__).resolve().parents[1] / "tests")
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
 
 
 def run_workers(script: str, worker_args: list[str], backends: tuple[str, ...],

@@ -8,7 +8,7 @@ for each model and backend it times
 * ``train_step``: forward, cross-entropy vs random int labels, backward, SGD step with the
   framework's own optimizer,
 
-for the dualml-built model and the hand-written twin (``dualml_<backend>.handwritten``), loaded with
+for the dualml-built model and the hand-written twin (``tests/fixtures/handwritten_<backend>.py``), loaded with
 identical weights (hand-written init imported with ``dualml.import_native``). The two are timed
 interleaved, swapping who goes first every repeat, so clock/thermal drift and cache effects cancel
 in the ratio. It also times the root ``__call__`` wrapper dualml installs for error diagnosis,
@@ -55,9 +55,9 @@ LR = 0.01
 
 def _handwritten(backend: str) -> dict[str, Callable[..., Any]]:
     if backend == "torch":
-        from dualml_torch.handwritten import HANDWRITTEN
+        from fixtures.handwritten_torch import HANDWRITTEN
     else:
-        from dualml_paddle.handwritten import HANDWRITTEN
+        from fixtures.handwritten_paddle import HANDWRITTEN
     return HANDWRITTEN
 
 

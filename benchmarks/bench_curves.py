@@ -20,7 +20,7 @@ from _common import atomic_write, machine_info
 from tqdm import tqdm
 
 from dualml.cpu import describe_cpu
-from dualml.curves import MODELS, OPTIMIZERS, as_dict, markdown, plot, run_curve
+from dualml.evidence.curves import MODELS, OPTIMIZERS, as_dict, markdown, plot, run_curve
 
 
 def main() -> None:

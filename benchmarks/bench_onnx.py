@@ -1,7 +1,7 @@
 """ONNX Runtime against eager inference, both backends, side by side in one run; and static INT8.
 
 For each model, one set of canonical weights is built on torch and on paddle and exported by each
-backend's exporter (dualml.onnx_export, verified against eager). Then, at batch 1 and batch 64,
+backend's exporter (dualml.onnx.export, verified against eager). Then, at batch 1 and batch 64,
 four callables are timed interleaved (dualml.timing.interleaved): torch eager, ORT on the torch
 export, paddle eager, ORT on the paddle export. Everything runs on one thread (torch
 set_num_threads(1), paddle's own single OpenMP thread, ORT intra_op_num_threads=1) so the ratios
@@ -9,7 +9,7 @@ compare engines, not thread pools, on a 2-core shared box.
 
 INT8: a cnn is trained on digits (dualml Trainer, default config, torch), exported from the same
 checkpoint by both backends, statically quantized (QDQ, calibrated on train batches) by the one
-ORT path (dualml.quantize), and compared with its fp32 file: size, test accuracy, latency. Twice:
+ORT path (dualml.onnx.int8), and compared with its fp32 file: size, test accuracy, latency. Twice:
 the default cnn (channels 16,32: a 22 KiB file where the Q/DQ graph overhead is large next to the
 weights) and a wider one (64,128).
 
@@ -37,10 +37,11 @@ BACKENDS = ("torch", "paddle")
 def _inference(name: str, batches: list[int], repeats: int, tmp: Path) -> dict[str, Any]:
     import torch
 
-    from dualml import build, ort
-    from dualml.bench import eager_call, ort_call
+    from dualml import build
+    from dualml.evidence.bench import eager_call, ort_call
     from dualml.module import init_weights
-    from dualml.onnx_export import export_model
+    from dualml.onnx import ort
+    from dualml.onnx.export import export_model
     from dualml.timing import interleaved
     from dualml.zoo import create_model
 
@@ -77,10 +78,10 @@ def _inference(name: str, batches: list[int], repeats: int, tmp: Path) -> dict[s
 def _int8(channels: list[int], tmp: Path) -> dict[str, Any]:
     from dualml import get_weights
     from dualml.config import load_config
-    from dualml.data import load_dataset
-    from dualml.onnx_export import export_model
-    from dualml.quantize import calibration_batches, compare_int8, quantize_onnx
-    from dualml.trainer import Trainer
+    from dualml.onnx.export import export_model
+    from dualml.onnx.int8 import calibration_batches, compare_int8, quantize_onnx
+    from dualml.train.data import load_dataset
+    from dualml.train.trainer import Trainer
 
     cfg = load_config(["backend=torch", "model=cnn", "data=digits", f"model.channels=[{channels[0]},{channels[1]}]"])
     trainer = Trainer(cfg, write=False, progress=False)

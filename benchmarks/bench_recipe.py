@@ -67,7 +67,7 @@ def train_one(backend: str, seed: int, nudge: bool, overrides: list[str]) -> dic
     """One ``dualml train model=cnn seed=S`` (run folder in a temporary directory, as the CLI writes it)."""
     import dualml
     from dualml.config import load_config, model_params
-    from dualml.trainer import Trainer
+    from dualml.train.trainer import Trainer
     from dualml.zoo import create_model
 
     with tempfile.TemporaryDirectory() as tmp:

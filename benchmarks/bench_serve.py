@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from _common import atomic_write, machine_info
 
-from dualml import ort
+from dualml.onnx import ort
 
 ROOT = Path(__file__).resolve().parent.parent
 

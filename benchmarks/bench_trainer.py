@@ -7,12 +7,12 @@ paddle would not train faster. This script checks that promise for ``mlp`` and `
 
 * the Trainer: ``Trainer(cfg, write=False, progress=False)`` (no run folder, no CSV/TensorBoard, no
   progress bar, so disk I/O does not blur the comparison), the dualml-built model;
-* the native loop: the hand-written twin of the model (``dualml_<backend>.handwritten``) carrying the
+* the native loop: the hand-written twin of the model (``tests/fixtures/handwritten_<backend>.py``) carrying the
   Trainer's initial weights (``dualml.export_native``), the framework's own Adam (lr 1e-2, same betas
   and eps), the framework's own cross-entropy, the same cosine learning rate set on the optimizer
   every step, ``loss.item()`` and the batch's correct-prediction count every step (the per-step loss
   and accuracy the Trainer reports, so both do the same work), no accumulation, no clipping; batches
-  from the same ``dualml.data.Loader`` over the same digits split. A third loop without the
+  from the same ``dualml.train.data.Loader`` over the same digits split. A third loop without the
   accuracy count (loss only) is timed too and reported beside it.
 
 Two comparisons:
@@ -108,7 +108,7 @@ class NativeLoop:
         self.accuracy, self.last_acc = accuracy, float("nan")
         if backend == "torch":
             import torch
-            from dualml_torch.handwritten import HANDWRITTEN
+            from fixtures.handwritten_torch import HANDWRITTEN
 
             self.torch = torch
             self.net = net
@@ -119,7 +119,7 @@ class NativeLoop:
             self.ce = torch.nn.functional.cross_entropy
         else:
             import paddle
-            from dualml_paddle.handwritten import HANDWRITTEN
+            from fixtures.handwritten_paddle import HANDWRITTEN
 
             self.paddle = paddle
             self.net = net
@@ -258,8 +258,8 @@ def _batches(loader: Any, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def bench_train_step(backend: str, model: str, blocks: int, per: int, warmup: int) -> dict[str, Any]:
     """Trainer.train_step vs the native step on identical batches, weights and learning rates."""
-    from dualml.data import Loader
-    from dualml.trainer import Trainer
+    from dualml.train.data import Loader
+    from dualml.train.trainer import Trainer
 
     total = warmup + blocks * per
     trainer = Trainer(_config(backend, model, total), write=False, progress=False)
@@ -303,8 +303,8 @@ def bench_train_step(backend: str, model: str, blocks: int, per: int, warmup: in
 
 def bench_fit(backend: str, model: str, repeats: int, epochs: int) -> dict[str, Any]:
     """A fresh Trainer.fit() (write=False) vs a fresh native loop doing the same run, interleaved."""
-    from dualml.data import Loader
-    from dualml.trainer import Trainer
+    from dualml.train.data import Loader
+    from dualml.train.trainer import Trainer
 
     # the dataset is loaded once (by the probe) and shared: loading it is not what is timed
     probe = Trainer(_config(backend, model, 1), write=False, progress=False)
@@ -343,8 +343,8 @@ def amp_effect(trainer: Any) -> dict[str, str]:
 
 def bench_amp(backend: str, model: str, blocks: int, per: int, warmup: int) -> dict[str, Any]:
     """Trainer.train_step with trainer.amp=bf16 vs amp=null, same batches, interleaved blocks."""
-    from dualml.data import Loader
-    from dualml.trainer import Trainer
+    from dualml.train.data import Loader
+    from dualml.train.trainer import Trainer
 
     total = warmup + blocks * per
     trainers = {"fp32": Trainer(_config(backend, model, total), write=False, progress=False),

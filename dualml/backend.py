@@ -233,10 +233,10 @@ class Backend(ABC):
                 out[k] = tuple(v) if isinstance(v, list) else v
         return out
 
-    # ------------------------------------------------------------------ training (see dualml.trainer)
+    # ------------------------------------------------------------------ training (see dualml.train.trainer)
     @abstractmethod
     def make_optimizer(self, module: Any, spec: Any, groups: list[Any], frozen: list[str]) -> Any:
-        """The framework's own optimizer for ``spec`` (dualml.optim.OptimSpec) over ``groups``;
+        """The framework's own optimizer for ``spec`` (dualml.train.optim.OptimSpec) over ``groups``;
         ``frozen`` parameters get no gradient and no optimizer slot."""
 
     @abstractmethod
@@ -313,7 +313,7 @@ class Backend(ABC):
         """Write ``net`` (eval mode) as ONNX to ``path`` with input ``input`` whose dim 0 is dynamic.
 
         Returns {"exporter", "exporter_version", "fallback_reason"}; raises ExportError naming the
-        exporter and what to try. Names, metadata and checks are added neutrally by dualml.onnx_export.
+        exporter and what to try. Names, metadata and checks are added neutrally by dualml.onnx.export.
         """
         raise BackendError(f"backend={self.name} has no ONNX exporter")
 
@@ -339,7 +339,7 @@ class Backend(ABC):
     def export_quantized_onnx(self, qnet: Any, sample: np.ndarray, path: str,
                               metadata: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write a quantized model as QDQ ONNX (one input ``input``, one output ``output``, dynamic
-        batch, finalized by dualml.onnx_export.finalize) and return the exporter and graph facts."""
+        batch, finalized by dualml.onnx.export.finalize) and return the exporter and graph facts."""
         raise BackendError(f"backend={self.name} cannot export quantized models to ONNX")
 
     def quantization_support(self, mode: str) -> str | None:

@@ -79,12 +79,10 @@ def _check_type(key: str, old: Any, new: Any) -> None:
         raise ConfigError(f"{key}={new!r} is not allowed; expected {kind}")
 
 
-def load_config(overrides: Sequence[str] = (), root: str | os.PathLike | None = None,
-                resolve_auto: bool = True) -> DictConfig:
+def load_config(overrides: Sequence[str] = (), root: str | os.PathLike | None = None) -> DictConfig:
     """The resolved config: root file, selected group files, then overrides, validated. ``backend=auto``
-    becomes the latest decision's pick here (``dualml.decide.resolve_auto``, which decides first, and
-    benchmarks first, when there is nothing to go on), so every command and the Trainer see a real
-    backend; ``resolve_auto=False`` leaves it as ``auto``."""
+    stays ``auto`` here: the command line resolves it (``dualml.cli.auto``) before a command runs, because
+    resolving may run a benchmark, which a config loader must not."""
     root = Path(root) if root else config_dir()
     base = OmegaConf.load(root / "config.yaml")
     defaults = dict(base.pop("defaults", {}))
@@ -115,10 +113,6 @@ def load_config(overrides: Sequence[str] = (), root: str | os.PathLike | None = 
         _check_type(key, OmegaConf.to_object(old) if isinstance(old, (DictConfig, ListConfig)) else old, new)
         OmegaConf.update(base, key, new, merge=False)
     validate(base)
-    if base.backend == "auto" and resolve_auto:
-        from .decide import resolve_auto as resolve
-
-        resolve(base)
     return base
 
 

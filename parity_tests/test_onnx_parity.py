@@ -6,7 +6,7 @@ import zlib  # noqa: F401
 import numpy as np
 import pytest
 
-from dualml.onnx_export import compare, onnx_markdown, onnx_parity
+from dualml.onnx.export import compare, onnx_markdown, onnx_parity
 from dualml.zoo import ZOO, create_model
 
 

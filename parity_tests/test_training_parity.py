@@ -5,14 +5,14 @@ optimizer at its usual and a high lr. In float32 the curves are compared with th
 sensitivity, measured in the same run (each backend again from weights nudged by one ulp): the
 early steps must agree and the cross-backend divergence must stay within 10x that envelope. A fixed
 fp32 bound over 100 steps would be a property of the machine (a max-pool tie picked one of two
-trajectories on an AVX512 CPU and the other on AVX2), not of the library. See dualml/curves.py.
+trajectories on an AVX512 CPU and the other on AVX2), not of the library. See dualml/evidence/curves.py.
 """
 import zlib  # noqa: F401
 
 import numpy as np
 import pytest
 
-from dualml.curves import EARLY_RTOL, FLOAT64_RTOL, MODELS, OPTIMIZERS, _nudged, run_curve
+from dualml.evidence.curves import EARLY_RTOL, FLOAT64_RTOL, MODELS, OPTIMIZERS, _nudged, run_curve
 
 
 def _msg(r) -> str:
@@ -52,7 +52,7 @@ def test_float32_curves_within_their_own_noise(model, optimizer):
 def test_the_envelope_criterion_can_fail():
     """A real semantic difference (paddle trained at a 2% higher lr) must fail the float32 criterion:
     the envelope absorbs float32 noise, not a different training."""
-    from dualml import curves
+    from dualml.evidence import curves
 
     over = [*MODELS["mlp"], *OPTIMIZERS["sgd-momentum"]]
     original = curves._trainer

@@ -20,7 +20,7 @@ import pytest
 import dualml
 from dualml import nn
 from dualml.config import load_config
-from dualml.trainer import Trainer
+from dualml.train.trainer import Trainer
 
 STEPS = 30
 

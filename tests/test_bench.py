@@ -9,9 +9,9 @@ import re
 import numpy as np
 import pytest
 
-from dualml.bench import _dataset
 from dualml.cli import main
 from dualml.config import load_config
+from dualml.evidence.bench import _dataset
 from dualml.zoo import create_model
 
 STATS = ("train_step_ms", "eager_ms_b1", "eager_ms_b64", "ort_ms_b1", "ort_ms_b64")
@@ -84,7 +84,7 @@ def test_model_that_does_not_fit_the_data_gets_random_inputs():
 
 
 def test_failed_export_is_recorded_not_raised(tmp_path):
-    from dualml.bench import export_record
+    from dualml.evidence.bench import export_record
 
     model = create_model("mlp")
     sample = model.input_spec(2)[0].sample(np.random.default_rng(0))

@@ -28,3 +28,17 @@ def test_demo_moves_weights_between_backends(tmp_path):
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert report["roundtrip_bit_exact"] is True and report["forward_max_abs"] < 1e-5
     assert (tmp_path / "demo" / "mlp.safetensors").is_file()
+
+
+def test_version_and_command_help_list_config_keys(tmp_path):
+    out = _run("--version", cwd=None)
+    assert out.returncode == 0 and out.stdout.strip().startswith("dualml ")
+    out = _run("train", "--help", cwd=None)
+    assert out.returncode == 0, out.stderr
+    assert "is not allowed" not in out.stdout + out.stderr
+    # each key with its default, and the comment next to it in configs/*.yaml as its doc
+    assert "trainer.max_steps=null" in out.stdout and "stop after this many optimizer steps" in out.stdout
+    assert "model=mlp" in out.stdout and "one of: cnn, mlp, resnet18, transformer" in out.stdout
+    out = _run("export", "-h", cwd=None)
+    assert out.returncode == 0 and "export.quantize=none" in out.stdout and "trainer.epochs" not in out.stdout
+    assert not (tmp_path / "reports").exists()

@@ -14,7 +14,7 @@ from dualml.compress.factorize import fold_bn, lowrank
 from dualml.compress.pipeline import parse_steps
 from dualml.config import load_config
 from dualml.errors import ConfigError
-from dualml.onnx_export import eager
+from dualml.onnx.export import eager
 from dualml.zoo import create_model
 
 
@@ -62,7 +62,7 @@ def test_every_shipped_pipeline_validates():
 
 @pytest.fixture(scope="module")
 def trained_cnn():
-    from dualml.trainer import Trainer
+    from dualml.train.trainer import Trainer
 
     t = Trainer(load_config(["model=cnn", "trainer.epochs=2"]), write=False, progress=False)
     t.fit()

@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from dualml.data import Dataset, Loader, Split, load_dataset
 from dualml.errors import ConfigError
+from dualml.train.data import Dataset, Loader, Split, load_dataset
 
 DIGITS = {"name": "digits", "val_fraction": 0.1, "test_fraction": 0.2, "batch_size": 64}
 
@@ -177,7 +177,7 @@ def test_arrays_npz(tmp_path):
 def test_hook(tmp_path, monkeypatch):
     (tmp_path / "my_data_hook.py").write_text(
         "import numpy as np\n"
-        "from dualml.data import Dataset, Split\n"
+        "from dualml.train.data import Dataset, Split\n"
         "def make():\n"
         "    return np.arange(200 * 4, dtype=np.float64).reshape(200, 4), np.arange(200) % 2\n"
         "def ready():\n"

@@ -13,10 +13,10 @@ import types
 
 import pytest
 
-from dualml import decide as d
-from dualml.cli import main
+from dualml.cli import auto, main
 from dualml.config import load_config
 from dualml.errors import DualmlError
+from dualml.evidence import decide as d
 
 
 def _stats(ms: float) -> dict:
@@ -296,45 +296,45 @@ def test_decide_runs_the_bench_when_no_report_exists(tmp_path, monkeypatch):
         calls.append(cfg.model.name)
         write_bench(tmp_path, model=cfg.model.name)
         return 0
-    monkeypatch.setitem(sys.modules, "dualml.bench", types.SimpleNamespace(cmd_bench=cmd_bench))
-    dec = d.decide(load_config(["model=cnn", f"out_dir={tmp_path}"]))
+    monkeypatch.setitem(sys.modules, "dualml.cli.bench", types.SimpleNamespace(cmd_bench=cmd_bench))
+    dec = d.decide(load_config(["model=cnn", f"out_dir={tmp_path}"]), run_bench=auto.run_bench)
     assert calls == ["cnn"] and dec["pick"] == "torch"
-    monkeypatch.setitem(sys.modules, "dualml.bench", types.SimpleNamespace(cmd_bench=lambda cfg: 1))
+    monkeypatch.setitem(sys.modules, "dualml.cli.bench", types.SimpleNamespace(cmd_bench=lambda cfg: 1))
     with pytest.raises(DualmlError, match=r"`dualml bench model=mlp` failed \(exit 1\)"):
-        d.decide(load_config(["model=mlp", f"out_dir={tmp_path}"]))
+        d.decide(load_config(["model=mlp", f"out_dir={tmp_path}"]), run_bench=auto.run_bench)
 
 
 # ----------------------------------------------------------------------------- backend=auto
 def test_backend_auto_resolves_through_the_latest_decision(tmp_path, capsys, monkeypatch):
     def no_bench(cfg):
         raise AssertionError("the bench must not run when a report exists")
-    monkeypatch.setitem(sys.modules, "dualml.bench", types.SimpleNamespace(cmd_bench=no_bench))
+    monkeypatch.setitem(sys.modules, "dualml.cli.bench", types.SimpleNamespace(cmd_bench=no_bench))
     write_bench(tmp_path)
     args = ["backend=auto", "model=cnn", f"out_dir={tmp_path}"]
-    cfg = load_config(args)
+    cfg = auto.load(args)
     err = capsys.readouterr().err.splitlines()
     assert cfg.backend == "torch" and len(err) == 1
     assert err[0].startswith("backend=auto -> torch (decision matrix: torch 4.85 vs paddle 3.78, threshold 3.5; "
                              f"{tmp_path}/decide/decision.json") and "decided now: no decision yet" in err[0]
     # the stored decision is reused as long as nothing changed...
-    assert load_config(args).backend == "torch"
+    assert auto.load(args).backend == "torch"
     assert "decided now" not in capsys.readouterr().err
     # ...and re-made when the facts or the matrix change
     write_bench(tmp_path, bench_report(created="2025-02-02T00:00:00+00:00"))
-    load_config(args)
+    auto.load(args)
     assert "was re-run" in capsys.readouterr().err
     fam = "decision.criteria.team_familiarity.scores"
-    assert load_config([*args, f"{fam}.torch=1.0", f"{fam}.paddle=5.0"]).backend == "paddle"
+    assert auto.load([*args, f"{fam}.torch=1.0", f"{fam}.paddle=5.0"]).backend == "paddle"
     assert "decided now: the decision matrix changed" in capsys.readouterr().err
     with pytest.raises(DualmlError, match="backend=auto: no backend qualifies .*threshold 4.9, none reaches it"):
-        load_config([*args, "decision.threshold=4.9"])
-    assert load_config(args, resolve_auto=False).backend == "auto"
-    load_config(args)   # the failed decision above is the latest one until this
+        auto.load([*args, "decision.threshold=4.9"])
+    assert load_config(args).backend == "auto"
+    auto.load(args)   # the failed decision above is the latest one until this
     capsys.readouterr()
     # a decision whose bench report disappeared is re-made from the model's report
     (tmp_path / "bench" / "cnn" / "report.json").rename(tmp_path / "moved.json")
     write_bench(tmp_path, bench_report(created="2025-03-03T00:00:00+00:00"), model="mlp")
-    assert load_config(["backend=auto", "model=mlp", f"out_dir={tmp_path}"]).backend == "torch"
+    assert auto.load(["backend=auto", "model=mlp", f"out_dir={tmp_path}"]).backend == "torch"
     err = capsys.readouterr().err
     assert "bench mlp 2025-03-03" in err and "bench/cnn/report.json is gone" in err
 
@@ -344,8 +344,8 @@ def test_backend_auto_runs_bench_and_decides_when_nothing_exists(tmp_path, monke
         write_bench(tmp_path, model=cfg.model.name)
         print("| the bench table |")
         return 0
-    monkeypatch.setitem(sys.modules, "dualml.bench", types.SimpleNamespace(cmd_bench=cmd_bench))
-    cfg = load_config(["backend=auto", "model=cnn", f"out_dir={tmp_path}"])
+    monkeypatch.setitem(sys.modules, "dualml.cli.bench", types.SimpleNamespace(cmd_bench=cmd_bench))
+    cfg = auto.load(["backend=auto", "model=cnn", f"out_dir={tmp_path}"])
     assert cfg.backend == "torch" and (tmp_path / "decide" / "decision.json").is_file()
     out = capsys.readouterr()
     assert out.out == ""   # the bench's table goes to stderr: `dualml config backend=auto` stdout stays YAML

@@ -11,7 +11,7 @@ import pytest
 
 from dualml.checkpoint import load_weights
 from dualml.config import load_config
-from dualml.trainer import Trainer
+from dualml.train.trainer import Trainer
 
 COMMON = ["model=mlp", "trainer.max_steps=20", "trainer.optimizer.name=sgd", "trainer.optimizer.lr=0.1",
           "trainer.schedule.name=constant"]  # plain SGD: measured 1.5e-8 from one process

@@ -8,7 +8,7 @@ import pytest
 
 from dualml.cli import main
 from dualml.config import load_config
-from dualml.estimate import (
+from dualml.evidence.estimate import (
     SAFETY_MARGIN,
     activation_bytes,
     dataset_bytes,
@@ -18,7 +18,7 @@ from dualml.estimate import (
     run,
     synthetic_dataset,
 )
-from dualml.optim import parse_optim
+from dualml.train.optim import parse_optim
 from dualml.zoo import CNN, MLP
 
 

@@ -11,7 +11,7 @@ from dualml.checkpoint import load_weights
 from dualml.config import load_config
 from dualml.errors import ConfigError, WeightsError
 from dualml.parity import Tolerance, default_cases, run_case, run_suite
-from dualml.trainer import Trainer
+from dualml.train.trainer import Trainer
 from dualml.zoo import create_model
 
 ADAM = ["model=mlp", "trainer.optimizer.name=adam", "trainer.optimizer.lr=1e-2", "trainer.schedule.name=constant",

@@ -22,8 +22,8 @@ from dualml import zoo
 
 torch = pytest.importorskip("torch")
 paddle = pytest.importorskip("paddle")
-from dualml_paddle.handwritten import HANDWRITTEN as PADDLE_HW  # noqa: E402
-from dualml_torch.handwritten import HANDWRITTEN as TORCH_HW  # noqa: E402
+from fixtures.handwritten_paddle import HANDWRITTEN as PADDLE_HW  # noqa: E402
+from fixtures.handwritten_torch import HANDWRITTEN as TORCH_HW  # noqa: E402
 
 HANDWRITTEN = {"torch": TORCH_HW, "paddle": PADDLE_HW}
 BACKENDS = ("torch", "paddle")

@@ -13,11 +13,13 @@ import pytest
 import torch
 
 import dualml
-from dualml import nn, onnx_export, ort
+from dualml import nn
 from dualml.backend import _IMPLS
 from dualml.checkpoint import load_weights
-from dualml.data import load_dataset
 from dualml.errors import ExportError, VerificationError
+from dualml.onnx import export as onnx_export
+from dualml.onnx import ort
+from dualml.train.data import load_dataset
 from dualml.zoo import create_model
 
 

@@ -22,8 +22,8 @@ from dualml import get_backend, zoo
 from dualml.compress import quantization as Q
 from dualml.config import load_config
 from dualml.errors import BackendError, ConfigError
-from dualml.quantize import calibration_batches, evaluate_onnx
-from dualml.trainer import Trainer
+from dualml.onnx.int8 import calibration_batches, evaluate_onnx
+from dualml.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -80,8 +80,8 @@ def test_pass_native_and_onnx(trained, backend, mode, tmp_path):
 
 def test_static_int8_weights_are_smaller(trained, tmp_path):
     """The int8 file's weight bytes fall to about a quarter (the graph around them is fixed overhead)."""
-    from dualml.onnx_export import export_model
-    from dualml.quantize import initializer_bytes
+    from dualml.onnx.export import export_model
+    from dualml.onnx.int8 import initializer_bytes
 
     ds = trained["data"]
     fp32 = tmp_path / "fp32.onnx"

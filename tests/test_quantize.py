@@ -1,4 +1,4 @@
-"""INT8 quantization of exported ONNX files (dualml.quantize), for torch's and paddle's exports.
+"""INT8 quantization of exported ONNX files (dualml.onnx.int8), for torch's and paddle's exports.
 
 Why these checks: a quantized file can load and run yet compute something else (weights not
 recognised as weights, int8 kernels saturating), so every test compares the int8 model's
@@ -20,16 +20,17 @@ import onnx
 import pytest
 
 import dualml
-from dualml import ort, zoo
-from dualml.data import load_dataset
+from dualml import zoo
 from dualml.errors import DualmlError
-from dualml.quantize import (
+from dualml.onnx import ort
+from dualml.onnx.int8 import (
     calibration_batches,
     compare_int8,
     evaluate_onnx,
     latency_onnx,
     quantize_onnx,
 )
+from dualml.train.data import load_dataset
 
 torch = pytest.importorskip("torch")
 

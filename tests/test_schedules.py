@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dualml.errors import ConfigError
-from dualml.schedules import check_schedule, group_lrs, lr_at, schedule
+from dualml.train.schedules import check_schedule, group_lrs, lr_at, schedule
 
 torch = pytest.importorskip("torch")
 S = torch.optim.lr_scheduler
@@ -164,5 +164,6 @@ def test_bad_call_arguments():
 
 
 def test_module_imports_no_framework():
-    code = "import sys, dualml.schedules, dualml.data; sys.exit(any(m in sys.modules for m in ('torch', 'paddle')))"
+    code = ("import sys, dualml.train.schedules, dualml.train.data; "
+            "sys.exit(any(m in sys.modules for m in ('torch', 'paddle')))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

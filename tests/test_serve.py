@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dualml import ort
 from dualml.cli import main
-from dualml.serve import InputError, Signature, start_server
+from dualml.onnx import ort
+from dualml.onnx.serve import InputError, Signature, start_server
 
 onnx = pytest.importorskip("onnx")
 

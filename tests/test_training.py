@@ -15,7 +15,7 @@ import dualml
 from dualml.checkpoint import load_weights
 from dualml.config import load_config
 from dualml.errors import ConfigError, DualmlError
-from dualml.trainer import Trainer, TrainingDiverged
+from dualml.train.trainer import Trainer, TrainingDiverged
 
 
 def trainer(*overrides: str, write: bool = False, **kw) -> Trainer:
@@ -309,7 +309,7 @@ def test_own_numpy_data_through_config(backend, tmp_path):
 
 @pytest.mark.parametrize("backend", ["torch", "paddle"])
 def test_scheduled_learning_rate_reaches_the_optimizer(backend):
-    from dualml.schedules import schedule
+    from dualml.train.schedules import schedule
 
     sched = ["trainer.schedule.name=onecycle", "trainer.schedule.pct_start=0.25"]
     t = trainer(f"backend={backend}", "model=mlp", "trainer.max_steps=40", "trainer.optimizer.name=sgd", *sched)

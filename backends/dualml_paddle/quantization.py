@@ -21,7 +21,7 @@ BatchNorm is folded into the preceding Conv2D before static/QAT quantization (pa
 ``fuse_conv_bn`` matches exact types and skips dualml's BatchNorm subclass): otherwise paddle2onnx
 folds BN into the conv *after* the int8 weight scales were fixed and the int8 model breaks (36.7%).
 
-Weights are quantized to 7 bits (-63..63), like ``dualml.quantize``'s ``reduce_range``: paddle's
+Weights are quantized to 7 bits (-63..63), like ``dualml.onnx.int8``'s ``reduce_range``: paddle's
 activations are symmetric int8, which ONNX Runtime shifts to uint8 for its x86 int8 kernels, and on
 CPUs without VNNI (AVX2 ``vpmaddubsw``) 255*127*2 overflows the int16 sum: measured 36.7% instead of
 98% with 8-bit weights in the fused graph, exact with 7-bit ones. paddle2onnx ignores ``bit_length``
@@ -223,7 +223,7 @@ class PaddleQuantization:
         from dualml import __version__
         from dualml.compress.quantization import complete_qdq, fold_weight_quantize
         from dualml.errors import ExportError
-        from dualml.onnx_export import finalize
+        from dualml.onnx.export import finalize
 
         from .export import _paddle2onnx
 

@@ -145,7 +145,7 @@ class TorchQuantization:
         """QDQ ONNX of a quantized model through the TorchScript exporter, finalized by dualml."""
         from dualml import __version__
         from dualml.compress.quantization import QuantizedLinear, complete_qdq
-        from dualml.onnx_export import finalize
+        from dualml.onnx.export import finalize
 
         quant = getattr(qnet, "_dualml_quant", None)
         if quant is None:

@@ -23,7 +23,7 @@ Teacher = Callable[[np.ndarray], np.ndarray]
 def native_teacher(model: Module, weights: dict[str, np.ndarray], backend: str) -> Teacher:
     """The teacher as numpy -> numpy logits, built on ``backend`` in eval mode."""
     from ..build import build
-    from ..onnx_export import eager
+    from ..onnx.export import eager
 
     net = build(model, backend, weights=weights)
     return lambda x: eager(net, backend, x)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import gzip
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,7 +220,7 @@ def _train(ctx: Context, state: State, epochs: int, lr: float | None, model: Mod
     """Fine-tune with the normal Trainer (no run folder), keeping ``state.masks`` applied after every
     update; ``gradual`` grows magnitude masks along Zhu & Gupta's schedule while training."""
     from ..build import get_weights, set_weights
-    from ..trainer import Trainer
+    from ..train.trainer import Trainer
     from .prune import apply_masks, gradual_ratio, magnitude_masks
 
     def after(tr: Trainer) -> None:
@@ -319,7 +318,7 @@ def _seeded(model: Module, seed: int) -> dict[str, np.ndarray]:
 
 def _quantize(step: Step, state: State, ctx: Context) -> tuple[State, dict[str, Any]]:
     from ..build import build
-    from ..quantize import calibration_batches
+    from ..onnx.int8 import calibration_batches
     from . import quantization as Q
 
     p = step.params
@@ -338,11 +337,11 @@ def _quantize(step: Step, state: State, ctx: Context) -> tuple[State, dict[str, 
 # ----------------------------------------------------------------------------- measuring
 def _measure(state: State, ctx: Context, path: Path) -> dict[str, Any]:
     """Export the stage to ONNX (QDQ when quantized) and measure what the report shows."""
-    from .. import ort
     from ..build import build
     from ..module import manifest
-    from ..onnx_export import eager, export_model
-    from ..quantize import initializer_bytes, onnx_logits
+    from ..onnx import ort
+    from ..onnx.export import eager, export_model
+    from ..onnx.int8 import initializer_bytes, onnx_logits
     from .measure import count_params, flops, nonzero_params
 
     test = ctx.dataset.test
@@ -379,7 +378,7 @@ def _measure(state: State, ctx: Context, path: Path) -> dict[str, Any]:
 
 def _latencies(rows: list[dict[str, Any]], x: np.ndarray, repeats: int) -> None:
     """ORT latency of every stage's file at batch 1 and 64, all timed interleaved in one loop."""
-    from .. import ort
+    from ..onnx import ort
     from ..timing import interleaved
 
     for batch in (1, 64):
@@ -397,7 +396,7 @@ def run_pipeline(cfg: Any, out: Path) -> dict[str, Any]:
     from tqdm import tqdm
 
     from ..config import model_params
-    from ..data import load_dataset
+    from ..train.data import load_dataset
     from ..zoo import create_model
 
     name, params = model_params(cfg)
@@ -410,7 +409,7 @@ def run_pipeline(cfg: Any, out: Path) -> dict[str, Any]:
     ctx = Context(cfg, backend, ds, out)
     baseline_info: dict[str, Any]
     if spec.checkpoint:
-        from ..onnx_export import checkpoint_model, resolve_checkpoint
+        from ..onnx.export import checkpoint_model, resolve_checkpoint
 
         ckpt = resolve_checkpoint(str(spec.checkpoint))
         name, params, weights, meta = checkpoint_model(cfg, ckpt, explicit_model=False)
@@ -481,18 +480,3 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"{report['pipeline']}: {report['model']} on {report['backend']}")
     fig.tight_layout()
     atomic_write_bytes(path, png_bytes(fig))
-
-
-def cmd_compress(cfg: Any) -> int:
-    """``dualml compress backend=... model=... data=... compress=NAME``."""
-    from ..checkpoint import atomic_write_text
-
-    out = Path(cfg.out_dir) / "compress" / f"{cfg.compress.name}-{cfg.model.name}-{cfg.backend}"
-    report = run_pipeline(cfg, out)
-    md = table(report)
-    print(md)
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str))
-    atomic_write_text(out / "report.md", md)
-    plot(report, out / "compress.png")
-    print(f"report: {out / 'report.json'}, {out / 'report.md'}, {out / 'compress.png'} (ONNX per stage in {out})")
-    return 0

@@ -60,7 +60,7 @@ def quantize(net: Any, backend: str, mode: str, calibration: Sequence[np.ndarray
     batches = [np.ascontiguousarray(b, dtype=np.float32) for b in (calibration or [])]
     if not batches or any(b.ndim < 2 or len(b) == 0 for b in batches):
         raise ConfigError("quantize.mode=static needs calibration data: a list of float32 batches [n, ...] from the "
-                          "train split (dualml.quantize.calibration_batches)")
+                          "train split (dualml.onnx.int8.calibration_batches)")
     return be.quantize_static(net, batches)
 
 
@@ -68,8 +68,8 @@ def qat_train(net: Any, backend: str, dataset: Any, epochs: int, lr: float, batc
     """Quantization-aware training: fake-quantize ``net`` (the adapter's ``prepare_qat``), fine-tune it
     ``epochs`` epochs on ``dataset.train`` with Adam at ``lr`` (the framework's optimizer, batches from
     dualml's seeded loader), then convert it to the quantized model."""
-    from ..data import Loader
-    from ..optim import OptimSpec, ParamGroup
+    from ..train.data import Loader
+    from ..train.optim import OptimSpec, ParamGroup
 
     if not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"quantize.epochs={epochs!r} is not allowed for mode=qat; allowed: an integer >= 1")

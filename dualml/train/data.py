@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, check_keys, did_you_mean, not_allowed
+from ..errors import ConfigError, check_keys, did_you_mean, not_allowed
 
 
 @dataclass
@@ -149,7 +149,7 @@ def _hook(spec: str) -> Any:
     if isinstance(out, tuple) and len(out) == 2:
         return out
     raise ConfigError(f"data.hook={spec} is not allowed; it returned {type(out).__name__}, expected a tuple "
-                      "(x, y) of numpy arrays or a dualml.data.Dataset")
+                      "(x, y) of numpy arrays or a dualml.train.data.Dataset")
 
 
 def _clean(where: str, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backend import float32_held
-from .errors import ConfigError, check_keys, not_allowed
+from ..backend import float32_held
+from ..errors import ConfigError, check_keys, not_allowed
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 _KEYS = {"name", "lr", "momentum", "nesterov", "betas", "eps", "weight_decay"}

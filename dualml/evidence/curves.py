@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from .kinks import kinks
-from .trainer import TrainingDiverged
+from ..kinks import kinks
+from ..train.trainer import TrainingDiverged
 
 FLOAT64_RTOL = 1e-9
 EARLY_STEPS = 10
@@ -101,8 +101,8 @@ def _batches(t: Any, steps: int):
 
 def _trainer(overrides: list[str], backend: str, dtype: str, steps: int,
              weights: dict[str, np.ndarray] | None = None) -> Any:
-    from .config import load_config
-    from .trainer import Trainer
+    from ..config import load_config
+    from ..train.trainer import Trainer
 
     cfg = load_config([f"backend={backend}", f"trainer.max_steps={steps}", f"trainer.dtype={dtype}", *overrides])
     return Trainer(cfg, write=False, progress=False, weights=weights)
@@ -114,7 +114,7 @@ def run_curve(label: str, overrides: list[str], backends: tuple[str, str] = ("to
     nudged by one ulp) and judge the cross-backend curve (see the module docstring)."""
     res = CurveResult(label, dtype, backends)
     ta, tb = (_trainer(overrides, b, dtype, steps) for b in backends)
-    from .build import build, get_weights
+    from ..build import build, get_weights
 
     w0 = get_weights(ta.net)  # canonical, so the same start on both backends
     recent: deque = deque(maxlen=3)  # (step, weights of a, batch) before each of the last updates
@@ -184,7 +184,7 @@ def plot(results: list[dict[str, Any]]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .checkpoint import png_bytes
+    from ..checkpoint import png_bytes
 
     fp32 = [r for r in results if r["dtype"] == "float32"]
     cols = max(1, min(4, len(fp32)))
@@ -225,40 +225,3 @@ def markdown(report: dict[str, Any]) -> str:
                 if f32 else ["-"] * 5)
         lines.append("| " + " | ".join([*row, verdict(f64), verdict(f32)]) + " |")
     return "\n".join(lines) + "\n"
-
-
-def cmd_curves(cfg: Any) -> int:
-    """``dualml curves model=... trainer.optimizer...``: this training on ``backend`` and ``parity.against``,
-    in float64 and float32, judged as above; report under <out_dir>/curves/<model>/."""
-    import json
-    from pathlib import Path
-
-    from .checkpoint import atomic_write_bytes, atomic_write_text
-    from .cli import _OVERRIDES
-    from .cpu import describe_cpu
-    from .errors import DualmlError
-
-    backends = (str(cfg.backend), str(cfg.parity.against))
-    if backends[0] == backends[1]:
-        raise DualmlError(f"parity.against={backends[1]} is the same as backend={backends[0]}; compare two backends")
-    steps = int(cfg.trainer.max_steps or 100)
-    if steps < EARLY_STEPS:
-        raise DualmlError(f"trainer.max_steps={steps} is not allowed here; allowed: >= {EARLY_STEPS} (the early steps "
-                          "are judged on their own)")
-    # the backend and dtype are set per run; every other override is the training being checked
-    overrides = [o for o in _OVERRIDES if not o.startswith(("backend=", "trainer.dtype=", "trainer.max_steps=",
-                                                            "parity.", "out_dir="))]
-    results = [as_dict(run_curve(f"{cfg.model.name}/{cfg.trainer.optimizer.name}", overrides, backends, steps, d))
-               for d in ("float64", "float32")]
-    report = {"cpu": describe_cpu(), "steps": steps, "overrides": overrides, "results": results}
-    out = Path(cfg.out_dir) / "curves" / str(cfg.model.name)
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
-    atomic_write_text(out / "report.md", markdown(report))
-    atomic_write_bytes(out / "curves.png", plot(results))
-    for r in results:
-        extra = "" if r["dtype"] == "float64" else (
-            f", one-ulp self {r['max_self']:.2e}, ratio {r['ratio']:.2f}, parts >{PART_RTOL:g} at step "
-            f"{r['first_part'] or '-'}{' (' + r['cause'][0] + ')' if r['cause'] else ''}")
-        print(f"{r['dtype']}: {'pass' if r['passed'] else 'FAIL'} cross max {r['max_cross']:.2e}{extra}")
-    print(f"report: {out / 'report.json'}, {out / 'report.md'}, {out / 'curves.png'}")
-    return 0 if all(r["passed"] for r in results) else 1

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DualmlError
+from ..errors import DualmlError
 
 #: every dualml export has one input ``input`` (batch dimension ``batch``, dynamic) and one output ``output``
 INPUT_NAME = "input"

@@ -15,7 +15,7 @@ What each term holds (bytes; every array at its own dtype, float32 for the zoo):
   optimizer (``OptimSpec.slots``): adam/adamw 2 (``exp_avg``, ``exp_avg_sq``), sgd with momentum 1,
   plain sgd 0. Scalars (step counters, paddle's beta powers) are not counted.
 - **activations**: what one training step keeps for backward at ``data.batch_size`` at its peak
-  (:mod:`dualml.activations`: per layer kind, the tensors autograd saves, each once, plus masks,
+  (:mod:`dualml.evidence.activations`: per layer kind, the tensors autograd saves, each once, plus masks,
   pooling indices, the insides of attention layers and the gradients in flight). Shapes come from
   the same hooked forward that counts FLOPs (:func:`dualml.compress.measure.trace`), run at batch 1
   and 2 and extrapolated linearly, so a resnet18 at batch 64 is never run just to be measured.
@@ -62,9 +62,9 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from ..errors import ConfigError, DualmlError, not_allowed
+from ..module import Module, manifest
 from .activations import ActivationEstimate, activation_estimate
-from .errors import ConfigError, DualmlError, not_allowed
-from .module import Module, manifest
 
 #: the formula's default safety margin on the subtotal (issue #6: "plus a 50% safety margin");
 #: ``estimate.margin`` overrides it
@@ -128,7 +128,7 @@ def parameter_terms(model: Module, slots: Sequence[str] = (), freeze: Sequence[s
 
 def _traces(model: Module, backend: str) -> tuple[Any, Any]:
     """The leaf trace at batch 1 and at batch 2 (eval mode, no grad: only shapes are read)."""
-    from .compress.measure import trace
+    from ..compress.measure import trace
 
     sample = tuple(model.input_spec(1)[0].shape[1:])
     return trace(model, (1, *sample), backend), trace(model, (2, *sample), backend)
@@ -137,7 +137,7 @@ def _traces(model: Module, backend: str) -> tuple[Any, Any]:
 def activation_bytes(model: Module, batch_size: int, backend: str = "torch",
                      traces: tuple[Any, Any] | None = None) -> ActivationEstimate:
     """The activations term at ``batch_size``: what a training step keeps for backward at its peak
-    (:mod:`dualml.activations`), from leaf traces at batch 1 and 2 extrapolated linearly per call, so a
+    (:mod:`dualml.evidence.activations`), from leaf traces at batch 1 and 2 extrapolated linearly per call, so a
     resnet18 at batch 64 is never run just to be measured."""
     spec = model.input_spec(1)[0]
     t1, t2 = traces or _traces(model, backend)
@@ -155,7 +155,7 @@ def model_classes(tr: Any) -> int:
 def synthetic_dataset(model: Module, samples: int, num_classes: int, seed: int = 0) -> Any:
     """``samples`` random inputs of the model's input spec and labels, as the train split (val and
     test empty). Drawn straight into the final dtype so no float64 copy ever exists."""
-    from .data import Dataset, Split
+    from ..train.data import Dataset, Split
 
     spec = model.input_spec(1)[0]
     shape = (samples, *spec.shape[1:])
@@ -183,7 +183,7 @@ def dataset_bytes(ds: Any) -> int:
 
 def _settings(cfg: DictConfig) -> dict[str, Any]:
     """The validated settings ``estimate`` runs with (one-line ConfigError naming the key otherwise)."""
-    from .backend import available_backends
+    from ..backend import available_backends
 
     e = cfg.get("estimate") or {}
     bs = cfg.data.get("batch_size", 64)
@@ -229,7 +229,7 @@ def _load_traced(data_cfg: dict[str, Any], seed: int) -> tuple[Any, int]:
     import sklearn.datasets  # noqa: F401  - importing the loaders' modules is not loading data
     import sklearn.model_selection  # noqa: F401
 
-    from .data import load_dataset
+    from ..train.data import load_dataset
 
     was_tracing = tracemalloc.is_tracing()
     if not was_tracing:
@@ -278,9 +278,9 @@ def _data_plan(cfg: DictConfig, model: Module, s: dict[str, Any], classes: int) 
 
 def estimate(cfg: DictConfig) -> Estimate:
     """The formula's terms for ``cfg`` (model, data.batch_size, trainer.optimizer, trainer.freeze, data)."""
-    from .config import model_params
-    from .optim import parse_optim
-    from .zoo import create_model
+    from ..config import model_params
+    from ..train.optim import parse_optim
+    from ..zoo import create_model
 
     s = _settings(cfg)
     name, params = model_params(cfg)
@@ -390,16 +390,16 @@ def measure_worker(cfg: DictConfig, plan: dict[str, Any], steps: int) -> dict[st
 
     t0 = time.perf_counter()
     start = _status()
-    from .backend import get_backend
+    from ..backend import get_backend
 
     be = get_backend(cfg.backend)
     import sklearn.datasets  # noqa: F401  - the data loaders' imports belong to the baseline, not the run
     import sklearn.model_selection  # noqa: F401
 
-    from .config import model_params
-    from .data import load_dataset
-    from .trainer import Trainer
-    from .zoo import create_model
+    from ..config import model_params
+    from ..train.data import load_dataset
+    from ..train.trainer import Trainer
+    from ..zoo import create_model
 
     imported, t_imported = _status(), time.perf_counter() - t0
     name, params = model_params(cfg)
@@ -453,7 +453,7 @@ def _threads(backend: str) -> int:
 
 
 def measure(cfg: DictConfig, plan: dict[str, Any], backends: Sequence[str], steps: int) -> dict[str, dict[str, Any]]:
-    """One fresh ``python -m dualml.estimate --worker`` per backend (memory of one framework must not
+    """One fresh ``python -m dualml.evidence.estimate --worker`` per backend (memory of one framework must not
     count against the other); returns each worker's figures."""
     out = {}
     with tempfile.TemporaryDirectory(prefix="dualml-estimate-") as tmp:
@@ -463,8 +463,8 @@ def measure(cfg: DictConfig, plan: dict[str, Any], backends: Sequence[str], step
             cfg_path, out_path = Path(tmp) / f"{b}.yaml", Path(tmp) / f"{b}.json"
             cfg_path.write_text(OmegaConf.to_yaml(run))
             plan_json = json.dumps(plan)
-            proc = subprocess.run([sys.executable, "-m", "dualml.estimate", "--worker", str(cfg_path), "--plan",
-                                   plan_json, "--steps", str(steps), "--out", str(out_path)],
+            proc = subprocess.run([sys.executable, "-m", "dualml.evidence.estimate", "--worker", str(cfg_path),
+                                   "--plan", plan_json, "--steps", str(steps), "--out", str(out_path)],
                                   capture_output=True, text=True)
             if proc.returncode != 0 or not out_path.is_file():
                 tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -551,7 +551,7 @@ EXPLANATION = (
 
 def run(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     """Estimate, optionally measure, write ``<out_dir>/estimate/<model>/report.{json,md}``."""
-    from .checkpoint import atomic_write_text
+    from ..checkpoint import atomic_write_text
 
     s = _settings(cfg)
     est = estimate(cfg)
@@ -566,14 +566,6 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     return report, out
 
 
-def cmd_estimate(cfg: DictConfig) -> int:
-    """``dualml estimate model=... data.batch_size=...``: print the table, write JSON + markdown."""
-    report, out = run(cfg)
-    print(markdown(report))
-    print(f"report: {out / 'report.json'} and {out / 'report.md'}")
-    return 0
-
-
 def _worker_main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="dualml estimate: one backend's measured run (internal)")
     p.add_argument("--worker", required=True, help="resolved config YAML")
@@ -582,7 +574,7 @@ def _worker_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     result = measure_worker(OmegaConf.load(a.worker), json.loads(a.plan), a.steps)
-    from .checkpoint import atomic_write_text
+    from ..checkpoint import atomic_write_text
 
     atomic_write_text(a.out, json.dumps(result))
     return 0

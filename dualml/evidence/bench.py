@@ -8,7 +8,7 @@ backends: eager and ONNX parity from the same canonical weights, and torch/paddl
 
 Why it runs the way it does:
 
-* **One fresh worker process per backend** (``python -m dualml.bench --worker B``): importing paddle
+* **One fresh worker process per backend** (``python -m dualml.evidence.bench --worker B``): importing paddle
   pins OpenMP to one thread for the whole process, so torch timed beside it would not be what a torch
   user sees; and ``ru_maxrss`` is per process, so each backend's peak memory is its own. The parent
   imports no framework.
@@ -20,7 +20,7 @@ Why it runs the way it does:
 * **One intra-op thread everywhere by default** (``bench.threads``): torch, paddle and ONNX Runtime
   then compare engines, not thread pools fighting over two cores.
 * **Peak memory is read before the exporter runs**: the torch exporter runs in the worker, paddle2onnx
-  in a child process (see :mod:`dualml.onnx_export`), so a high-water mark that included exporting
+  in a child process (see :mod:`dualml.onnx.export`), so a high-water mark that included exporting
   would compare exporters, not the frameworks running the model. ``rss_end_mb`` has the final figure.
 * **A failed measurement is data, not a crash**: an export or quantization that fails is recorded
   (``ok: false`` and the error), its timings are null, and the rest is still measured.
@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, DualmlError
+from ..errors import ConfigError, DualmlError
 
 BACKENDS = ("torch", "paddle")
 #: timed measurements, in the order a round runs them (rotated per round); all but train_step may be absent
@@ -83,8 +83,8 @@ def machine_info() -> dict[str, Any]:
             return metadata.version(dist)
         except metadata.PackageNotFoundError:
             return None
-    from . import __version__
-    from .cpu import cpu_flags, describe_cpu
+    from .. import __version__
+    from ..cpu import cpu_flags, describe_cpu
 
     flags = cpu_flags()
     return {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
@@ -138,7 +138,7 @@ def check_options(b: Any) -> dict[str, Any]:
 def eager_call(net: Any, backend: str, x: np.ndarray) -> Callable[[], np.ndarray]:
     """Eval-mode inference of ``net`` on ``x`` without gradients, output as numpy: the callable both
     this module and ``benchmarks/bench_onnx.py`` time. The input tensor is made once, outside."""
-    from .backend import get_backend
+    from ..backend import get_backend
 
     be = get_backend(backend)
     be.set_train(net, False)
@@ -152,17 +152,17 @@ def eager_call(net: Any, backend: str, x: np.ndarray) -> Callable[[], np.ndarray
 
 def ort_call(sess: Any, x: np.ndarray) -> Callable[[], np.ndarray]:
     """ONNX Runtime inference of ``x`` (numpy in, numpy out), the counterpart of :func:`eager_call`."""
-    from . import ort
+    from ..onnx import ort
 
     return lambda: ort.run(sess, x)
 
 
 def export_record(model: Any, backend: str, weights: dict[str, np.ndarray], path: Path, sample: np.ndarray,
                   metadata: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Export through :func:`dualml.onnx_export.export_model` (which verifies ORT against eager) and
+    """Export through :func:`dualml.onnx.export.export_model` (which verifies ORT against eager) and
     describe the outcome in the report's terms; a failure is recorded, not raised. Returns the record
     and, on success, export_model's full report."""
-    from .onnx_export import export_model
+    from ..onnx.export import export_model
 
     t0 = time.perf_counter()
     try:
@@ -176,7 +176,7 @@ def export_record(model: Any, backend: str, weights: dict[str, np.ndarray], path
 
 
 def _rows(x: np.ndarray, n: int) -> np.ndarray:
-    from .quantize import _batch
+    from ..onnx.int8 import _batch
 
     return _batch(x, n)
 
@@ -187,7 +187,7 @@ def _dataset(cfg: Any, model: Any, batch_size: int) -> tuple[Any, str, str | Non
     Returns the data set, its source (``data NAME`` or ``random``) and why the data was not used."""
     from omegaconf import OmegaConf
 
-    from .data import Dataset, Split, load_dataset
+    from ..train.data import Dataset, Split, load_dataset
 
     spec = model.input_spec(1)[0]
     try:
@@ -228,13 +228,14 @@ class _Worker:
     def setup(self) -> None:
         import warnings
 
-        from . import build, get_weights, ort
-        from .backend import get_backend
-        from .checkpoint import digest, save_weights
-        from .config import model_params
-        from .module import init_weights
-        from .trainer import Trainer
-        from .zoo import create_model
+        from .. import build, get_weights
+        from ..backend import get_backend
+        from ..checkpoint import digest, save_weights
+        from ..config import model_params
+        from ..module import init_weights
+        from ..onnx import ort
+        from ..train.trainer import Trainer
+        from ..zoo import create_model
 
         warnings.filterwarnings("ignore", category=UserWarning)  # paddle's BatchNorm "always track" notice
         cfg, b, opts = self.cfg, self.backend, self.opts
@@ -293,7 +294,7 @@ class _Worker:
         elif not opts["int8"]:
             int8["errors"] = {m: "skipped (bench.int8=false)" for m in INT8_MODES}
         else:
-            from .quantize import calibration_batches, quantize_onnx
+            from ..onnx.int8 import calibration_batches, quantize_onnx
 
             calib = calibration_batches(ds.train.x, opts["calib_batches"], batch_size, cfg.seed)
             for mode in INT8_MODES:
@@ -322,7 +323,7 @@ class _Worker:
 
     def round(self, rotate: int) -> dict[str, float]:
         """One timed pass over every measurement (starting point rotated), ms per call."""
-        from .timing import interleaved
+        from ..timing import interleaved
 
         names = [n for n in TIMED if n in self.fns]
         k = rotate % len(names)
@@ -332,7 +333,7 @@ class _Worker:
 
 
 def _worker_main(argv: list[str]) -> int:
-    """``python -m dualml.bench --worker B --config C --tmp DIR --fd N``: serve the parent's commands
+    """``python -m dualml.evidence.bench --worker B --config C --tmp DIR --fd N``: serve the parent's commands
     (JSON lines over the inherited socket) until ``finish``."""
     import argparse
 
@@ -384,7 +385,7 @@ class _Proc:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "w") as fh:  # exporters print progress; it goes to the log, not the user's terminal
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dualml.bench", "--worker", backend, "--config", str(cfg_path),
+                [sys.executable, "-m", "dualml.evidence.bench", "--worker", backend, "--config", str(cfg_path),
                  "--tmp", str(tmp), "--fd", str(theirs.fileno())],
                 stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),),
                 env=env)
@@ -420,7 +421,7 @@ class _Proc:
 
 
 def _stats(ms: list[float]) -> dict[str, float] | None:
-    from .timing import stats_ms
+    from ..timing import stats_ms
 
     return stats_ms([m / 1e3 for m in ms]) if ms else None
 
@@ -577,7 +578,7 @@ def plot(report: dict[str, Any]) -> bytes:
     a training step and a batch-1 call differ by orders of magnitude)."""
     import matplotlib
 
-    from .checkpoint import png_bytes
+    from ..checkpoint import png_bytes
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -599,28 +600,6 @@ def plot(report: dict[str, Any]) -> bytes:
     ax.legend()
     fig.tight_layout()
     return png_bytes(fig)
-
-
-def cmd_bench(cfg: Any) -> int:
-    """``dualml bench model=... data=...``: measure, write report.json/report.md/bench.png under
-    ``<out_dir>/bench/<model>/`` and ``<out_dir>/bench/latest.json`` (a copy of the newest report, for
-    ``dualml decide``), print the table and where it went."""
-    from .checkpoint import atomic_write_bytes, atomic_write_text
-
-    check_options(cfg.bench)
-    out = Path(cfg.out_dir) / "bench" / str(cfg.model.name)
-    report = run_bench(cfg, out / "logs")
-    text = json.dumps(report, indent=2, default=str)
-    atomic_write_text(out / "report.json", text)
-    md = markdown(report)
-    atomic_write_text(out / "report.md", md)
-    atomic_write_bytes(out / "bench.png", plot(report))
-    latest = json.loads(text) | {"report": str(out / "report.json")}
-    atomic_write_text(out.parent / "latest.json", json.dumps(latest, indent=2))
-    print(md)
-    print(f"report: {out / 'report.json'}, {out / 'report.md'}, {out / 'bench.png'}")
-    print(f"latest: {out.parent / 'latest.json'}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -16,10 +16,8 @@ cannot fail the others.
 """
 from __future__ import annotations
 
-import io
 import json
 import queue
-import signal
 import socket
 import sys
 import threading
@@ -35,8 +33,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from ..errors import DualmlError
 from . import ort
-from .errors import DualmlError
 
 #: rows per ONNX Runtime call in ``dualml predict`` (bounds the activations' memory on large files)
 PREDICT_CHUNK = 1024
@@ -60,7 +58,7 @@ class RunError(DualmlError):
     """ONNX Runtime failed on a batch that passed the input checks (HTTP 500)."""
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
@@ -179,7 +177,7 @@ def classify(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool] | None:
 
 
 # ------------------------------------------------------------------------------------------------ predict
-def _load_npy(path: str) -> np.ndarray:
+def load_npy(path: str) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise DualmlError(f"input file {p} does not exist")
@@ -192,49 +190,7 @@ def _load_npy(path: str) -> np.ndarray:
     try:
         return np.load(p, allow_pickle=False)
     except Exception as exc:  # numpy raises ValueError, OSError, EOFError... for broken or pickled arrays
-        raise DualmlError(f"input file {p} is not a readable .npy array: {_one_line(exc)}") from None
-
-
-def cmd_predict(cfg: Any) -> int:
-    """``dualml predict model.onnx input=x.npy [output=y.npy]``: print class predictions or save outputs."""
-    p = cfg.predict
-    if not p.model:
-        raise DualmlError("predict needs a model: dualml predict model.onnx input=x.npy [output=y.npy]")
-    if not p.input:
-        raise DualmlError("predict needs input=FILE.npy (a batch [n, ...] or one sample, saved with np.save)")
-    sess = ort.session(p.model, threads=0)  # 0: ONNX Runtime's default thread count
-    sig = Signature.of(sess)
-    x, note = sig.prepare(_load_npy(p.input))
-    if note:
-        print(f"note: {note}", file=sys.stderr)
-    step = len(x) if sig.fixed_batch else PREDICT_CHUNK
-    try:
-        y = np.concatenate([ort.run(sess, x[i:i + step]) for i in range(0, len(x), step)])
-    except Exception as exc:  # onnxruntime's own exception types
-        raise DualmlError(f"ONNX Runtime failed on {p.input} (shape {list(x.shape)} {x.dtype}): "
-                          f"{_one_line(exc)}") from None
-    if p.output:
-        from .checkpoint import atomic_write_bytes
-
-        buf = io.BytesIO()
-        np.save(buf, y)
-        atomic_write_bytes(p.output, buf.getvalue())
-        print(f"wrote outputs {list(y.shape)} {y.dtype} for {len(x)} rows to {p.output}")
-        return 0
-    c = classify(y)
-    if c is None:
-        print(f"{p.model}: output shape {list(y.shape)} {y.dtype}; min {y.min():.6g}, max {y.max():.6g}, "
-              f"mean {y.astype(np.float64).mean():.6g} (use output=y.npy to save the values)")
-        return 0
-    cls, prob, already = c
-    print(f"{p.model}: {len(x)} rows, output {list(y.shape)} {y.dtype}; prob = "
-          f"{'the output as given (rows are probabilities)' if already else 'softmax of the output'}")
-    print(f"{'row':>6} {'class':>6} {'prob':>8}")
-    for i, (k, q) in enumerate(zip(cls, prob)):
-        print(f"{i:6d} {int(k):6d} {q:8.4f}")
-    counts = dict(zip(*np.unique(cls, return_counts=True)))
-    print("class counts: " + ", ".join(f"{int(k)}: {int(n)}" for k, n in counts.items()))
-    return 0
+        raise DualmlError(f"input file {p} is not a readable .npy array: {one_line(exc)}") from None
 
 
 # ------------------------------------------------------------------------------------------------ batcher
@@ -374,7 +330,7 @@ class Batcher:
                 for r in group:
                     self._run([r])
                 return
-            group[0].future.set_exception(RunError(f"ONNX Runtime failed: {_one_line(exc)}"))
+            group[0].future.set_exception(RunError(f"ONNX Runtime failed: {one_line(exc)}"))
             return
         with self._lock:
             self.batches += 1
@@ -389,7 +345,7 @@ class Batcher:
 
 
 # ------------------------------------------------------------------------------------------------- server
-def _int_setting(key: str, value: Any, low: int) -> int:
+def int_setting(key: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise DualmlError(f"serve.{key}={value!r} is not allowed; allowed: an integer >= {low}")
     return value
@@ -408,10 +364,10 @@ class ModelServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], model_path: str, *, max_batch: int = 32, max_wait_ms: float = 5.0,
                  queue_size: int = 256, max_body_bytes: int = 1 << 20, batching: bool = True, threads: int = 1,
                  run_fn: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
-        max_batch = _int_setting("max_batch", max_batch, 1)
-        queue_size = _int_setting("queue_size", queue_size, 1)
-        self.max_body_bytes = _int_setting("max_body_bytes", max_body_bytes, 1)
-        threads = _int_setting("threads", threads, 0)
+        max_batch = int_setting("max_batch", max_batch, 1)
+        queue_size = int_setting("queue_size", queue_size, 1)
+        self.max_body_bytes = int_setting("max_body_bytes", max_body_bytes, 1)
+        threads = int_setting("threads", threads, 0)
         if isinstance(max_wait_ms, bool) or not isinstance(max_wait_ms, (int, float)) or max_wait_ms < 0:
             raise DualmlError(f"serve.max_wait_ms={max_wait_ms!r} is not allowed; allowed: a number >= 0")
         if not isinstance(batching, bool):
@@ -558,7 +514,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             request = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            self._error(400, f"body is not valid JSON: {_one_line(exc)}")
+            self._error(400, f"body is not valid JSON: {one_line(exc)}")
             return
         if not isinstance(request, dict) or "inputs" not in request:
             self._error(400, "body must be a JSON object with \"inputs\": a batch [n, ...] or one sample")
@@ -594,34 +550,3 @@ def start_server(model_path: str, host: str = "127.0.0.1", port: int = 0,
                               daemon=True)
     thread.start()
     return server, thread
-
-
-def cmd_serve(cfg: Any) -> int:
-    """``dualml serve model.onnx [host=... port=... max_batch=...]``: serve until SIGINT or SIGTERM."""
-    s = cfg.serve
-    if not s.model:
-        raise DualmlError("serve needs a model: dualml serve model.onnx [port=8000]")
-    port = _int_setting("port", s.port, 0)
-    if port > 65535:
-        raise DualmlError(f"serve.port={port} is not allowed; allowed: 0-65535 (0 picks a free port)")
-    server, thread = start_server(s.model, str(s.host), port, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms,
-                                  queue_size=s.queue_size, max_body_bytes=s.max_body_bytes, batching=s.batching,
-                                  threads=s.threads)
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    b = server.batcher
-    print(f"serving {s.model} on {server.url} (POST /predict, GET /health); input "
-          f"{server.signature.describe()}; batching {'on' if b.batching else 'off'} (max_batch {b.max_batch}, "
-          f"max_wait_ms {b.max_wait * 1000:g}, queue_size {b.queue_size})", flush=True)
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        server.shutdown()
-        thread.join(5)
-    c = server.health()["counts"]
-    print(f"stopped: {c['requests_served']} requests served, {c['requests_rejected']} rejected, "
-          f"{c['batches_run']} batches (mean batch size {c['mean_batch_size']:.2f})", flush=True)
-    return 0

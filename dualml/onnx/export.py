@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,12 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, ort
-from .backend import get_backend
-from .build import build, native_leaves
-from .checkpoint import atomic_write_bytes, atomic_write_text, load_weights
-from .errors import ConfigError, DualmlError, ExportError, VerificationError, not_allowed
-from .module import Module
+from .. import __version__
+from ..backend import get_backend
+from ..build import build, native_leaves
+from ..checkpoint import atomic_write_bytes, load_weights
+from ..errors import ConfigError, DualmlError, ExportError, VerificationError, not_allowed
+from ..module import Module
+from . import ort
 
 EXPORTERS = ("auto", "dynamo", "torchscript", "paddle2onnx")
 QUANTIZE = ("none", "dynamic", "static")
@@ -215,7 +215,7 @@ def checkpoint_model(cfg: Any, path: Path, explicit_model: bool) -> tuple[str, d
 
 def sample_batch(cfg: Any, model: Module, n: int) -> tuple[np.ndarray, str]:
     """``n`` test samples from the data config when they fit the model, else seeded random ones."""
-    from .data import load_dataset
+    from ..train.data import load_dataset
 
     spec = model.input_spec(n)[0]
     try:
@@ -228,89 +228,6 @@ def sample_batch(cfg: Any, model: Module, n: int) -> tuple[np.ndarray, str]:
     return spec.sample(np.random.default_rng(cfg.seed)), f"random {spec.dtype} {list(spec.shape)}"
 
 
-def _explicit_model() -> bool:
-    from .cli import _OVERRIDES
-
-    return any(o.split("=", 1)[0] == "model" or o.startswith("model.") for o in _OVERRIDES)
-
-
-def cmd_export(cfg: Any) -> int:
-    """``dualml export backend=... checkpoint=... out=...``: export, verify, optionally quantize."""
-    from omegaconf import OmegaConf
-
-    from .zoo import create_model
-
-    e = cfg.export
-    if e.quantize not in QUANTIZE:
-        raise ConfigError(not_allowed("export.quantize", e.quantize, QUANTIZE))
-    if e.opset is not None and (not isinstance(e.opset, int) or e.opset < 7):
-        raise ConfigError(f"export.opset={e.opset} is not allowed; allowed: null or an integer >= 7")
-    if int(e.verify_batch) < 2:
-        raise ConfigError(f"export.verify_batch={e.verify_batch} is not allowed; allowed: an integer >= 2")
-    config = OmegaConf.to_container(cfg, resolve=True)
-    if e.checkpoint:
-        ckpt = resolve_checkpoint(str(e.checkpoint))
-        name, params, weights, meta = checkpoint_model(cfg, ckpt, _explicit_model())
-        config = meta.get("config") or config
-        source = {"checkpoint": str(ckpt), "checkpoint_sha256": meta.get("sha256"),
-                  "trained_on": meta.get("backend"), "step": meta.get("step")}
-        if any(np.asarray(v).dtype == np.float64 for v in weights.values()):
-            # a float64 (reference-mode) run deploys as a float32 graph: narrowed here on purpose, and said so
-            weights = {k: (np.asarray(v, np.float32) if np.asarray(v).dtype == np.float64 else v)
-                       for k, v in weights.items()}
-            source["weights_narrowed"] = "float64 -> float32"
-            print(f"note: {ckpt} holds float64 weights (trainer.dtype=float64); exported as float32", file=sys.stderr)
-    else:
-        name, params = config["model"]["name"], {k: v for k, v in config["model"].items() if k != "name"}
-        weights, source = None, {"checkpoint": None, "initial_weights_seed": cfg.seed}
-    model = create_model(name, **params)
-    out = Path(e.out or Path(cfg.out_dir) / "export" / f"{name}-{cfg.backend}.onnx")
-    x, x_source = sample_batch(cfg, model, int(e.verify_batch))
-    metadata = {"model": name, "model_config": json.dumps({"name": name, **params}, sort_keys=True),
-                "config_sha256": config_hash(config), "checkpoint_sha256": source.get("checkpoint_sha256")}
-    final = out
-    if e.quantize != "none":
-        out = out.with_name(out.stem + ".fp32.onnx")
-    try:
-        report = export_model(model, cfg.backend, weights, out, x, e.opset, e.exporter, cfg.seed, metadata,
-                              float(e.atol), float(e.rtol))
-    except VerificationError as exc:
-        print(f"error: {exc}")
-        return 1
-    report.update(source=source, sample=x_source)
-    v = report["verification"]
-    why = f" (dynamo failed: {report['fallback_reason']})" if report.get("fallback_reason") else ""
-    print(f"exported {name} [{cfg.backend}] with {report['exporter']}{why}, opset {report['opset']}: {out} "
-          f"({report['bytes'] / 1024:.1f} KiB, {sum(report['ops'].values())} nodes)")
-    print(f"verified in ONNX Runtime on {x_source}: max abs diff {v['max_abs']:.2e}, max rel {v['max_rel']:.2e} "
-          f"(atol {v['atol']}, rtol {v['rtol']}, batch {len(x)} and 1): pass")
-    if e.quantize != "none":
-        report["int8"] = _quantize(cfg, model, out, final, int(e.calib_batches))
-        q = report["int8"]
-        print(f"INT8 ({e.quantize}): {final} ({q['int8_bytes'] / 1024:.1f} KiB, {100 * q['size_ratio']:.0f}% of "
-              f"fp32); test accuracy fp32 {q.get('fp32_accuracy', float('nan')):.4f} -> int8 "
-              f"{q.get('int8_accuracy', float('nan')):.4f}; latency int8/fp32 batch 1 "
-              f"{q.get('latency_ratio_b1', float('nan')):.2f}")
-    path = atomic_write_text(final.with_suffix(".report.json"), json.dumps(report, indent=2, default=str))
-    print(f"report: {path}")
-    return 0
-
-
-def _quantize(cfg: Any, model: Module, fp32: Path, out: Path, calib_batches: int) -> dict[str, Any]:
-    from .data import load_dataset
-    from .quantize import calibration_batches, compare_int8, quantize_onnx
-
-    spec = model.input_spec(1)[0]
-    try:
-        ds = load_dataset(cfg.data, input_shape=tuple(spec.shape[1:]), seed=cfg.seed)
-    except DualmlError as exc:
-        raise ConfigError(f"export.quantize={cfg.export.quantize} needs data that fits the model "
-                          f"(calibration and test accuracy): {exc}") from None
-    calib = calibration_batches(ds.train.x, calib_batches, int(cfg.data.batch_size), cfg.seed)
-    info = quantize_onnx(fp32, out, cfg.export.quantize, calib if cfg.export.quantize == "static" else None)
-    return {**info, **compare_int8(fp32, out, ds.test.x, ds.test.y)}
-
-
 # ---------------------------------------------------------------- cross-backend ONNX parity
 
 def onnx_parity(models: dict[str, Module], backends: tuple[str, str] = ("torch", "paddle"), seed: int = 0,
@@ -321,7 +238,7 @@ def onnx_parity(models: dict[str, Module], backends: tuple[str, str] = ("torch",
     eager model. The operator histograms show how differently the exporters built the graphs."""
     from tqdm import tqdm
 
-    from .module import init_weights
+    from ..module import init_weights
 
     results = []
     with tempfile.TemporaryDirectory(prefix="dualml-onnx-parity-") as tmp:

@@ -31,25 +31,23 @@ the other criteria), so the weights at which the outcome changes (two totals cro
 crosses the threshold) are solved for exactly, and the nearest one that really changes the pick is
 reported per criterion.
 
-``backend=auto`` (``resolve_auto``, called by :func:`dualml.config.load_config`) reads the latest
-``<out_dir>/decide/decision.json`` and re-decides when it is missing or stale (matrix changed, bench
-report gone or re-run), running the bench when no report exists. This module imports no framework.
+``backend=auto`` (``dualml.cli.auto.resolve_auto``, run by the command line before any command) reads
+the latest ``<out_dir>/decide/decision.json`` and re-decides when it is missing or stale (:func:`stale`:
+matrix changed, bench report gone or re-run), running the bench when no report exists. This module
+imports no framework and runs no benchmark.
 """
 from __future__ import annotations
 
-import contextlib
-import importlib
 import json
 import math
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import png_bytes
-from .errors import ConfigError, DualmlError, check_keys, did_you_mean, not_allowed
+from ..checkpoint import png_bytes
+from ..errors import ConfigError, DualmlError, check_keys, did_you_mean, not_allowed
 
 #: criterion -> the mapping that measures it (None: a judgement, only ``source: config``)
 CRITERIA: dict[str, str | None] = {"team_familiarity": None, "deployment": "deployment",
@@ -107,7 +105,7 @@ def _plain(spec: Any) -> Any:
 def parse_matrix(spec: Any) -> Matrix:
     """Validate the ``decision`` config (a DictConfig or dict) and return it; the first problem is one
     ``ConfigError`` naming the key, the value and what is allowed, before anything is measured."""
-    from .backend import available_backends
+    from ..backend import available_backends
 
     raw = _plain(spec)
     if not isinstance(raw, dict):
@@ -372,26 +370,6 @@ def load_bench(path: Path) -> dict[str, Any]:
     return report
 
 
-def run_bench(cfg: Any, path: Path) -> None:
-    """No report yet: run ``dualml bench`` for the configured model (imported only now: it is slow and
-    starts a worker per framework)."""
-    try:
-        bench = importlib.import_module("dualml.bench")
-    except ModuleNotFoundError as exc:
-        if exc.name != "dualml.bench":
-            raise
-        raise DualmlError(f"no bench report at {path} and this install has no `dualml bench` to make one; "
-                          "pass decide.bench=FILE") from exc
-    print(f"no bench report at {path}: running `dualml bench model={cfg.model.name}` first "
-          "(or pass decide.bench=FILE, or decide.bench=latest for the newest report of any model)", file=sys.stderr)
-    with contextlib.redirect_stdout(sys.stderr):  # stdout stays the command's own (`dualml config` prints YAML)
-        rc = bench.cmd_bench(cfg)
-    if rc != 0:
-        raise DualmlError(f"`dualml bench model={cfg.model.name}` failed (exit {rc}); no decision without it")
-    if not path.is_file():
-        raise DualmlError(f"`dualml bench` ran but wrote no report at {path}")
-
-
 # ----------------------------------------------------------------------------- deciding
 def evaluate(matrix: Matrix, bench: Mapping[str, Any] | None, file: str | None) -> dict[str, Any]:
     """Scores, totals, pick and sensitivity for ``matrix``; measured criteria read ``bench``."""
@@ -422,8 +400,11 @@ def reason(totals: Mapping[str, float], pick: str | None, threshold: float, back
     return f"{listed}, threshold {threshold:g}" + (", none reaches it" if pick is None else "")
 
 
-def decide(cfg: Any) -> dict[str, Any]:
-    """Validate the matrix, find (or make) the bench report when a criterion is measured, score it."""
+def decide(cfg: Any, run_bench: Callable[[Any, Path], None] | None = None) -> dict[str, Any]:
+    """Validate the matrix, find the bench report when a criterion is measured, score it. A missing report
+    is made by ``run_bench(cfg, path)`` when the caller passes one (the command line does:
+    ``dualml.cli.auto.run_bench``) and ``decide.run_bench`` allows it; this module never runs a benchmark
+    itself, so it depends on the bench report's schema only, not on the code that measures."""
     from omegaconf import OmegaConf
 
     matrix = parse_matrix(cfg.decision)
@@ -431,7 +412,8 @@ def decide(cfg: Any) -> dict[str, Any]:
     path, bench = bench_file(cfg), None
     if measured:
         if not path.is_file():
-            if OmegaConf.select(cfg, "decide.bench") or not OmegaConf.select(cfg, "decide.run_bench"):
+            if (OmegaConf.select(cfg, "decide.bench") or not OmegaConf.select(cfg, "decide.run_bench")
+                    or run_bench is None):
                 raise DualmlError(f"no bench report at {path}, which the measured criteria ({', '.join(measured)}) "
                                   f"need; run `dualml bench model={cfg.model.name}` or set decide.bench=FILE")
             run_bench(cfg, path)
@@ -451,7 +433,7 @@ def decision_file(cfg: Any) -> Path:
 
 def write_decision(decision: dict[str, Any], path: Path) -> dict[str, Path]:
     """decision.json, decision.md and decision.png next to each other, each written atomically."""
-    from .checkpoint import atomic_write_text
+    from ..checkpoint import atomic_write_text
 
     md = markdown(decision)
     atomic_write_text(path, json.dumps(decision, indent=2, default=str))
@@ -520,7 +502,7 @@ def plot(decision: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .checkpoint import atomic_write_bytes
+    from ..checkpoint import atomic_write_bytes
 
     bs = decision["backends"]
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(bs), 4.2))
@@ -543,17 +525,8 @@ def plot(decision: dict[str, Any], path: Path) -> None:
     atomic_write_bytes(path, png_bytes(fig))
 
 
-def cmd_decide(cfg: Any) -> int:
-    """``dualml decide [decision=NAME] [model=...] [decide.bench=FILE]``."""
-    decision = decide(cfg)
-    paths = write_decision(decision, decision_file(cfg))
-    print(markdown(decision))
-    print(f"decision: {paths['json']}, {paths['md']}, {paths['png']}")
-    return 0
-
-
 # ----------------------------------------------------------------------------- backend=auto
-def _stale(decision: Any, cfg: Any) -> str | None:
+def stale(decision: Any, cfg: Any) -> str | None:
     """Why the stored decision cannot be reused for this config, or None when it can."""
     from omegaconf import OmegaConf
 
@@ -573,29 +546,3 @@ def _stale(decision: Any, cfg: Any) -> str | None:
     if load_bench(Path(bench["path"])).get("created") != bench.get("created"):
         return f"its bench report {bench['path']} was re-run"
     return None
-
-
-def resolve_auto(cfg: Any) -> str:
-    """``backend=auto``: set ``cfg.backend`` to the latest decision's pick (deciding first when there is
-    no usable decision) and say in one line which backend and why."""
-    path = decision_file(cfg)
-    decision: Any = None
-    if path.is_file():
-        try:
-            decision = json.loads(path.read_text())
-        except (OSError, ValueError):
-            decision = None
-    why = _stale(decision, cfg) if path.is_file() else "no decision yet"
-    if why is not None:
-        decision = decide(cfg)
-        write_decision(decision, path)
-    pick = decision["pick"]
-    if pick is None:
-        raise DualmlError(f"backend=auto: no backend qualifies in {path} ({decision['reason']}); choose "
-                          "backend=torch or backend=paddle, or revisit configs/decision")
-    bench = decision.get("bench") or {}
-    from_bench = f", bench {bench.get('model')} {bench.get('created')}" if bench else ""
-    fresh = f"; decided now: {why}" if why else ""
-    print(f"backend=auto -> {pick} (decision matrix: {decision['reason']}; {path}{from_bench}{fresh})", file=sys.stderr)
-    cfg.backend = pick
-    return pick

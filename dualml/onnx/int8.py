@@ -55,10 +55,10 @@ from typing import Any
 
 import numpy as np
 
+from ..checkpoint import atomic_write_bytes
+from ..errors import DualmlError, not_allowed
+from ..timing import interleaved
 from . import ort
-from .checkpoint import atomic_write_bytes
-from .errors import DualmlError, not_allowed
-from .timing import interleaved
 
 #: ``mode`` values of :func:`quantize_onnx`
 MODES = ("dynamic", "static")

@@ -3,8 +3,8 @@
 The loop is written once; every framework call goes through the adapter (forward, loss, backward,
 clip, optimizer step). What makes "same config and seed => same loss curve" true on both backends:
 bit-identical initial weights (canonical, numpy-seeded), identical batches (numpy, order seeded by
-(seed, epoch)), learning rates computed once per step by ``dualml.schedules``, optimizers with one
-defined meaning (``dualml.optim``), and dropout RNG re-seeded from (seed, step) (only when a layer draws
+(seed, epoch)), learning rates computed once per step by ``dualml.train.schedules``, optimizers with one
+defined meaning (``dualml.train.optim``), and dropout RNG re-seeded from (seed, step) (only when a layer draws
 random numbers), which also makes a resumed run draw exactly what the uninterrupted run would have drawn.
 
 Checkpoints are one safetensors file each (``last``, ``best``): canonical weights, canonical
@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from .backend import Backend, get_backend
-from .build import (
+from ..backend import Backend, get_backend
+from ..build import (
     build,
     canonical_from_native_names,
     check_dtype,
@@ -36,12 +36,12 @@ from .build import (
     param_index,
     set_weights,
 )
-from .checkpoint import atomic_write_text, load_weights, save_weights
-from .config import model_params
-from .errors import ConfigError, DualmlError
-from .module import Module, describe, named_leaves
+from ..checkpoint import atomic_write_text, load_weights, save_weights
+from ..config import model_params
+from ..errors import ConfigError, DualmlError
+from ..module import Module, describe, named_leaves
+from ..zoo import create_model
 from .optim import OptimSpec, make_groups, parse_optim
-from .zoo import create_model
 
 #: config keys that may differ between a checkpoint and the run resuming it
 RESUME_MAY_CHANGE = ("backend", "trainer.resume", "trainer.run_dir", "trainer.epochs", "trainer.max_steps",

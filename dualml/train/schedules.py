@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, check_keys, not_allowed
+from ..errors import ConfigError, check_keys, not_allowed
 
 _REQUIRED = object()
 

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import layers as L
+from .. import layers as L
 
 F32, I64 = 4, 8
 
