@@ -7,24 +7,36 @@ from __future__ import annotations
 from . import nn
 from .backend import Rule, available_backends, get_backend, register_layer
 from .build import (
-                    LoadReport,
-                    build,
-                    check_weights,
-                    convert,
-                    export_native,
-                    get_grads,
-                    get_weights,
-                    native_leaves,
-                    set_weights,
+    LoadReport,
+    build,
+    check_weights,
+    convert,
+    export_native,
+    get_grads,
+    get_weights,
+    native_leaves,
+    set_weights,
 )
 from .errors import BackendError, ConfigError, DualmlError, LayerInputError, WeightsError, WeightsFileError
 from .importing import ImportReport, WeightsWarning, import_native
 from .module import Buffer, Module, ModuleList, Parameter, Sequential, init_weights, manifest
+from .version import __version__ as __version__
 
-__version__ = "0.1.0"
+
+def __getattr__(name: str):  # noqa: ANN202 - the training API loads on first use, keeping `import dualml` light
+    if name == "fit":
+        from .train.api import fit
+        return fit
+    if name == "Trainer":
+        from .train.trainer import Trainer
+        return Trainer
+    raise AttributeError(f"module 'dualml' has no attribute {name!r}")
+
+
 __all__ = [
     "BackendError", "Buffer", "ConfigError", "DualmlError", "ImportReport", "LayerInputError", "LoadReport",
     "Module", "ModuleList", "Parameter", "Rule", "Sequential", "WeightsError", "WeightsFileError", "WeightsWarning",
     "available_backends", "build", "check_weights", "convert", "export_native", "get_backend", "get_grads",
     "get_weights", "import_native", "init_weights", "manifest", "native_leaves", "nn", "register_layer", "set_weights",
+    "Trainer", "fit",
 ]

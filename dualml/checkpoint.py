@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
 from .errors import WeightsFileError
+from .version import __version__
 
 
 def png_bytes(fig: Any, dpi: int = 110) -> bytes:

@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
 from .backend import get_backend, registered_layers
 from .build import build, convert, get_grads, get_weights, model_dtype, native_leaves
 from .cpu import describe_cpu
 from .layers import Dropout, InputSpec, Layer, MultiheadAttention, TransformerEncoderLayer
 from .module import Module, init_weights, manifest, named_leaves
 from .op_cases import op_models
+from .version import __version__
 from .zoo import ZOO
 
 

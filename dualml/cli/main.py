@@ -17,9 +17,9 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .. import __version__
 from ..config import GROUPS, config_dir, load_config
 from ..errors import DualmlError, did_you_mean
+from ..version import __version__
 from . import bench, compress, curves, decide, demo, estimate, export, layout, parity, predict, serve, train
 from . import config as config_cmd
 from .auto import load

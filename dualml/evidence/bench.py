@@ -83,8 +83,8 @@ def machine_info() -> dict[str, Any]:
             return metadata.version(dist)
         except metadata.PackageNotFoundError:
             return None
-    from .. import __version__
     from ..cpu import cpu_flags, describe_cpu
+    from ..version import __version__
 
     flags = cpu_flags()
     return {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),

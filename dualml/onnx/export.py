@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
 from ..backend import get_backend
 from ..build import build, native_leaves
 from ..checkpoint import atomic_write_bytes, load_weights
 from ..errors import ConfigError, DualmlError, ExportError, VerificationError, not_allowed
 from ..module import Module
+from ..version import __version__
 from . import ort
 
 EXPORTERS = ("auto", "dynamo", "torchscript", "paddle2onnx")

@@ -223,6 +223,16 @@ def widen(ds: Dataset, dtype: str) -> Dataset:
                    f(ds.mean), f(ds.std))
 
 
+def from_arrays(x: Any, y: Any, name: str = "arrays", val_fraction: float = 0.1, test_fraction: float = 0.2,
+                seed: int = 0, where: str | None = None) -> Dataset:
+    """Samples ``x`` [n, ...] and integer labels ``y`` [n] as a stratified train/val/test Dataset
+    (the same cleaning and split as ``data=arrays``), for training from Python without a config file."""
+    where = where or f"data {name}"
+    x, y = _clean(where, x, y)
+    tr, va, te = _split(where, y, val_fraction, test_fraction, int(seed))
+    return Dataset(name, Split(x[tr], y[tr]), Split(x[va], y[va]), Split(x[te], y[te]), int(y.max()) + 1)
+
+
 def load_dataset(data_cfg: Mapping[str, Any] | None, input_shape: tuple[int, ...] | None = None,
                  seed: int = 0) -> Dataset:
     """Load the data set the ``data`` config group names, split, optionally standardized and reshaped.
@@ -259,10 +269,9 @@ def load_dataset(data_cfg: Mapping[str, Any] | None, input_shape: tuple[int, ...
             splits[s] = Split(x, y)
         ds = Dataset(raw.name, splits["train"], splits["val"], splits["test"], int(raw.num_classes))
     else:
-        x, y = _clean(where, *raw)
-        tr, va, te = _split(where, y, cfg["val_fraction"], cfg["test_fraction"], int(seed))
         label = {"digits": "digits", "arrays": Path(str(cfg["path"])).stem, "hook": str(cfg["hook"])}[name]
-        ds = Dataset(label, Split(x[tr], y[tr]), Split(x[va], y[va]), Split(x[te], y[te]), int(y.max()) + 1)
+        ds = from_arrays(*raw, name=label, val_fraction=cfg["val_fraction"], test_fraction=cfg["test_fraction"],
+                         seed=int(seed), where=where)
     if cfg["standardize"]:
         ds = _standardize(ds)
     if input_shape is not None:

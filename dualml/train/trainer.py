@@ -109,11 +109,12 @@ class Trainer:
     def __init__(self, cfg: DictConfig, model: Module | None = None, dataset: Any = None,
                  write: bool = True, progress: bool = True, weights: dict[str, np.ndarray] | None = None,
                  loss_fn: Callable[[Any, Any, Any, np.ndarray], Any] | None = None,
-                 after_step: Callable[[Trainer], None] | None = None) -> None:
+                 after_step: Callable[[Trainer], None] | None = None, model_name: str | None = None) -> None:
         """``weights``: canonical weights to start from instead of the seeded init (fine-tuning a
         compressed model). ``loss_fn(backend, logits, labels, x)`` replaces cross-entropy (knowledge
         distillation gets the numpy batch ``x`` to ask its teacher). ``after_step(trainer)`` runs
-        after every optimizer update (re-applying pruning masks)."""
+        after every optimizer update (re-applying pruning masks). ``model_name`` names a user's own
+        ``model`` in the run folder and checkpoints (default: the config's model name)."""
         from .data import Loader, load_dataset, widen
 
         self.cfg = cfg
@@ -123,7 +124,7 @@ class Trainer:
         self.rank, self.world_size = self.be.distributed_init()
         self.is_main = self.rank == 0
         name, params = model_params(cfg)
-        self.model_name = name
+        self.model_name = name if model_name is None else model_name
         self.model = model if model is not None else create_model(name, **params)
         self.spec: OptimSpec = parse_optim(OmegaConf.to_container(self.t.optimizer, resolve=True))
         self.sched = OmegaConf.to_container(self.t.schedule, resolve=True)
@@ -140,7 +141,9 @@ class Trainer:
         if self.t.early_stopping.monitor not in ("val_acc", "val_loss"):
             raise ConfigError(f"trainer.early_stopping.monitor={self.t.early_stopping.monitor} is not allowed; "
                               "allowed: val_acc, val_loss")
-        sample_shape = tuple(self.model.input_spec(1)[0].shape[1:])
+        # a zoo model declares its input; a user's model need not: the data's own sample shape is used
+        spec = self.model.input_spec(1)[0] if hasattr(self.model, "input_spec") else None
+        sample_shape = None if spec is None else tuple(spec.shape[1:])
         data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
         self.data = dataset if dataset is not None else load_dataset(data_cfg, input_shape=sample_shape, seed=cfg.seed)
         if self.dtype != "float32":  # widened once (exact), so batches and evaluation need no cast
@@ -177,7 +180,7 @@ class Trainer:
     # ------------------------------------------------------------------ set-up checks
     def _check_data_fits(self) -> None:
         x = self.data.train.x[:2]
-        dtype = str(self.model.input_spec(1)[0].dtype)
+        dtype = str(self.model.input_spec(1)[0].dtype) if hasattr(self.model, "input_spec") else str(x.dtype)
         dtype = self.dtype if dtype == "float32" else dtype
         if str(x.dtype) != dtype:
             raise ConfigError(f"data {self.data.name} has dtype {x.dtype}; model {self.model_name} takes {dtype}")
