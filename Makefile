@@ -5,12 +5,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.dualml-installed
 
-# The frameworks held to AVX2 kernels: torch's ATen and oneDNN by their switches, MKL by instruction set
-# and its bitwise-reproducible AVX2 path. On an AVX2-only CPU this is the default; on an AVX512 one it is
-# the other kernel family, so both legs prove nothing in the parity suite depends on which kernels the
-# CPU picks. Paddle 2.6.2's results changed under none of these, nor FLAGS_use_mkldnn or
-# OPENBLAS_CORETYPE (measured: matmul and conv2d bit-identical), so its kernels do not vary by CPU.
-AVX2   := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 MKL_CBWR=AVX2
+# The frameworks held to AVX2 kernels (torch's ATen and oneDNN switches). On an AVX2-only CPU this is the
+# default; on an AVX512 one it is the other kernel family, so both legs prove nothing in the parity suite
+# depends on which kernels the CPU picks. Paddle 2.6.2's results changed under no switch tried (MKL_CBWR,
+# MKL_ENABLE_INSTRUCTIONS, FLAGS_use_mkldnn, OPENBLAS_CORETYPE: matmul and conv2d bit-identical); adding
+# MKL_CBWR/MKL_ENABLE_INSTRUCTIONS=AVX2 here ended the leg with SIGILL on an AMD EPYC, so they are not set.
+AVX2   := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
 
 .PHONY: venv test demo parity parity-avx2 bench lint clean
 
