@@ -19,8 +19,9 @@ def kinks(net: Any, inputs: list[np.ndarray], train: bool, rtol: float = KINK_RT
     from .build import native_leaves, neutral_of
 
     _, be = neutral_of(net)
-    specs = {p: getattr(leaf, "_dualml_spec", None) for p, leaf in native_leaves(net).items()}
-    watched = {p: native_leaves(net)[p] for p, s in specs.items() if isinstance(s, (L.ReLU, L.MaxPool2d))}
+    leaves = native_leaves(net)
+    specs = {p: getattr(leaf, "_dualml_spec", None) for p, leaf in leaves.items()}
+    watched = {p: leaves[p] for p, s in specs.items() if isinstance(s, (L.ReLU, L.MaxPool2d))}
     seen: dict[str, list[np.ndarray]] = {}
 
     def pre(path: str, args: tuple) -> None:  # a layer may be called several times (one ReLU module reused)
