@@ -13,6 +13,11 @@ class DualmlError(Exception):
     """Bad input or an unsupported request; the message says what is allowed."""
 
 
+class DualmlWarning(UserWarning):
+    """Something the user should know that is not an error (the command line shows these as one line
+    and keeps the frameworks' own warnings out of the terminal)."""
+
+
 class ConfigError(DualmlError, ValueError):
     """A config key or value that does not exist or is not allowed."""
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from .backend import Backend, get_backend
 from .build import LoadReport, _rules_by_node, _same_hparam, build, get_weights, native_leaves
-from .errors import WeightsError
+from .errors import DualmlWarning, WeightsError
 from .layers import Layer
 from .module import Module, join, manifest
 
@@ -29,7 +29,7 @@ from .module import Module, join, manifest
 INERT_SETTINGS = frozenset({"inplace", "name", "_name", "_full_name"})
 
 
-class WeightsWarning(UserWarning):
+class WeightsWarning(DualmlWarning):
     """A non-strict import or load left canonical weights at their initial values."""
 
 

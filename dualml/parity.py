@@ -366,11 +366,11 @@ def run_suite(cases: Iterable[Case], backends: tuple[str, str] = ("torch", "padd
               tol: Tolerance = Tolerance(), seed: int = 0, progress: bool = True,
               dtype: str = "float32") -> dict[str, Any]:
     """Run every case in each of its modes; returns the JSON-ready report."""
-    from tqdm import tqdm
+    from .quiet import progress_bar
 
     jobs = [(c, m) for c in cases for m in c.modes]
     results = [run_case(c, m, backends, tol, seed, dtype)
-               for c, m in tqdm(jobs, desc="parity", unit="case", disable=not progress)]
+               for c, m in progress_bar(jobs, desc="parity", unit="case", enabled=progress)]
     versions = {b: getattr(get_backend(b), "version", "?") for b in backends}
     failed = [r for r in results if not r.passed]
     return {

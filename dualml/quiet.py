@@ -6,7 +6,11 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -34,3 +38,12 @@ def quiet(logger_prefixes: Sequence[str] = (), level: int = logging.WARNING) -> 
     finally:
         for lg, lv in zip(loggers, levels, strict=True):
             lg.setLevel(lv)
+
+
+def progress_bar(iterable: Iterable[T] | None = None, *, enabled: bool = True, **kwargs: Any) -> Any:
+    """A tqdm bar, unless the caller or the command line (``dualml -q`` sets ``DUALML_PROGRESS=0``) turned
+    bars off. Why here: tqdm's own ``TQDM_DISABLE`` loses to an explicit ``disable=``, so one place decides."""
+    from tqdm import tqdm
+
+    off = not enabled or os.environ.get("DUALML_PROGRESS", "1") == "0"
+    return tqdm(iterable, disable=off, **kwargs)

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import paddle
 
+from dualml.errors import DualmlWarning
+
 _ACCUMULATORS = {"momentum_buffer": "velocity", "exp_avg": "moment1", "exp_avg_sq": "moment2"}
 
 
@@ -74,7 +76,7 @@ class PaddleTraining:
             self._cpu_amp_warned = True
             warnings.warn(f"trainer.amp={amp}: paddle {paddle.__version__} has no {dtype} kernels for matmul/conv2d "
                           "on CPU in dynamic-graph mode (paddle.amp.auto_cast is a no-op off-GPU), so this paddle "
-                          f"run trains in float32; torch runs the same config in {amp}", UserWarning, stacklevel=2)
+                          f"run trains in float32; torch runs the same config in {amp}", DualmlWarning, stacklevel=2)
         return contextlib.nullcontext()
 
     def backward_scaled(self, loss: Any, scale: float) -> None:

@@ -393,9 +393,9 @@ def _latencies(rows: list[dict[str, Any]], x: np.ndarray, repeats: int) -> None:
 def run_pipeline(cfg: Any, out: Path) -> dict[str, Any]:
     """Baseline (a checkpoint, or trained now), then each step; every stage measured; report dict."""
     from omegaconf import OmegaConf
-    from tqdm import tqdm
 
     from ..config import model_params
+    from ..quiet import progress_bar
     from ..train.data import load_dataset
     from ..zoo import create_model
 
@@ -421,7 +421,7 @@ def run_pipeline(cfg: Any, out: Path) -> dict[str, Any]:
     state = State(model, weights)
     rows = []
     stages = [("0:baseline", None)] + [(s.label, s) for s in steps]
-    for i, (label, step) in enumerate(tqdm(stages, desc=f"compress [{backend}]", unit="pass")):
+    for i, (label, step) in enumerate(progress_bar(stages, desc=f"compress [{backend}]", unit="pass")):
         info = baseline_info
         if step is not None:
             state, info = _apply(step, state, ctx)

@@ -435,7 +435,8 @@ def run_bench(cfg: Any, log_dir: Path, progress: bool = True) -> dict[str, Any]:
     timing), time ``bench.repeats`` rounds alternating the backend that goes first, and assemble the
     report (keys: see the module docstring). Worker output goes to ``log_dir/<backend>.log``."""
     from omegaconf import OmegaConf
-    from tqdm import tqdm
+
+    from ..quiet import progress_bar
 
     opts = check_options(cfg.bench)
     started = time.perf_counter()
@@ -443,8 +444,8 @@ def run_bench(cfg: Any, log_dir: Path, progress: bool = True) -> dict[str, Any]:
     procs: dict[str, _Proc] = {}
     per_round: dict[str, dict[str, list[float]]] = {b: {n: [] for n in TIMED} for b in BACKENDS}
     with tempfile.TemporaryDirectory(prefix="dualml-bench-") as tmpdir, \
-            tqdm(total=len(BACKENDS) * len(PHASES) + opts["repeats"], desc="bench", unit="step",
-                 disable=not progress, file=sys.stderr) as bar:
+            progress_bar(total=len(BACKENDS) * len(PHASES) + opts["repeats"], desc="bench", unit="step",
+                         enabled=progress, file=sys.stderr) as bar:
         tmp = Path(tmpdir)
         cfg_path = tmp / "config.yaml"
         OmegaConf.save(cfg, cfg_path)

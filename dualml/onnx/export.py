@@ -236,14 +236,13 @@ def onnx_parity(models: dict[str, Module], backends: tuple[str, str] = ("torch",
     """Export every model on both backends from the same canonical weights (seed) and compare the
     two files' ONNX Runtime outputs on one input. Each export is also verified against its own
     eager model. The operator histograms show how differently the exporters built the graphs."""
-    from tqdm import tqdm
-
     from ..module import init_weights
+    from ..quiet import progress_bar
 
     results = []
     with tempfile.TemporaryDirectory(prefix="dualml-onnx-parity-") as tmp:
         folder = Path(out_dir or tmp)
-        for name, model in tqdm(models.items(), desc="onnx parity", unit="model", leave=False):
+        for name, model in progress_bar(models.items(), desc="onnx parity", unit="model", leave=False):
             weights = init_weights(model, seed)
             x = model.input_spec(batch)[0].sample(np.random.default_rng(seed))
             exports, outputs = {}, {}

@@ -374,7 +374,7 @@ class Trainer:
         return row
 
     def fit(self) -> dict[str, Any]:
-        from tqdm import tqdm
+        from ..quiet import progress_bar
 
         self._open_run()
         writer = None
@@ -383,8 +383,8 @@ class Trainer:
             writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step or None)
         t0 = time.perf_counter()
         stop = False
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.model_name} [{self.be.name}]",
-                   unit="step", disable=not self.progress or not self.is_main, dynamic_ncols=True)
+        bar = progress_bar(total=self.total_steps, initial=self.step, desc=f"train {self.model_name} [{self.be.name}]",
+                   unit="step", enabled=self.progress and self.is_main, dynamic_ncols=True)
         patience = int(self.t.early_stopping.patience)
         monitor = self.t.early_stopping.monitor
         try:
