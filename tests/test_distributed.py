@@ -24,6 +24,8 @@ def test_two_process_data_parallel_matches_single_process(backend, tmp_path):
                           f"trainer.run_dir={run}"], capture_output=True, text=True, timeout=600,
                          env={**os.environ, "TQDM_DISABLE": "1"})
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    # the launcher's own INFO lines stay in its log file; the user gets dualml's summary
+    assert "LAUNCH INFO" not in out.stdout + out.stderr and f"run folder: {run}" in out.stdout
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["rank_weight_diff_mean"] == 0.0
     single = Trainer(load_config([f"backend={backend}", *COMMON]), write=False, progress=False)

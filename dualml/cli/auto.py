@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from ..config import load_config
 from ..errors import DualmlError
+from .log import say
 
 
 def run_bench(cfg: Any, path: Path) -> None:
@@ -28,8 +29,8 @@ def run_bench(cfg: Any, path: Path) -> None:
             raise
         raise DualmlError(f"no bench report at {path} and this install has no `dualml bench` to make one; "
                           "pass decide.bench=FILE") from exc
-    print(f"no bench report at {path}: running `dualml bench model={cfg.model.name}` first "
-          "(or pass decide.bench=FILE, or decide.bench=latest for the newest report of any model)", file=sys.stderr)
+    say(f"no bench report at {path}: running `dualml bench model={cfg.model.name}` first "
+          "(or pass decide.bench=FILE, or decide.bench=latest for the newest report of any model)")
     with contextlib.redirect_stdout(sys.stderr):  # stdout stays the command's own (`dualml config` prints YAML)
         rc = bench.cmd_bench(cfg)
     if rc != 0:
@@ -61,7 +62,7 @@ def resolve_auto(cfg: Any) -> str:
     bench = decision.get("bench") or {}
     from_bench = f", bench {bench.get('model')} {bench.get('created')}" if bench else ""
     fresh = f"; decided now: {why}" if why else ""
-    print(f"backend=auto -> {pick} (decision matrix: {decision['reason']}; {path}{from_bench}{fresh})", file=sys.stderr)
+    say(f"backend=auto -> {pick} (decision matrix: {decision['reason']}; {path}{from_bench}{fresh})")
     cfg.backend = pick
     return pick
 

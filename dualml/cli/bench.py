@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from ..checkpoint import atomic_write_bytes, atomic_write_text
 from ..evidence.bench import check_options, markdown, plot, run_bench
+from .log import result
 
 #: the one-line description in ``dualml --help``
 HELP = 'measure `model` on torch and paddle side by side (train step, eager/ORT latency, memory, export, INT8)'
@@ -36,7 +37,7 @@ def cmd_bench(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
     atomic_write_bytes(out / "bench.png", plot(report))
     latest = json.loads(text) | {"report": str(out / "report.json")}
     atomic_write_text(out.parent / "latest.json", json.dumps(latest, indent=2))
-    print(md)
-    print(f"report: {out / 'report.json'}, {out / 'report.md'}, {out / 'bench.png'}")
-    print(f"latest: {out.parent / 'latest.json'}")
+    result(md)
+    result(f"report: {out / 'report.json'}, {out / 'report.md'}, {out / 'bench.png'}")
+    result(f"latest: {out.parent / 'latest.json'}")
     return 0

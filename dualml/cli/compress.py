@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from ..checkpoint import atomic_write_text
 from ..compress.pipeline import plot, run_pipeline, table
+from .log import result
 
 #: the one-line description in ``dualml --help``
 HELP = 'run the compression pipeline `compress` (configs/compress/*.yaml) on `backend`, measure each pass'
@@ -26,9 +27,9 @@ def cmd_compress(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
     out = Path(cfg.out_dir) / "compress" / f"{cfg.compress.name}-{cfg.model.name}-{cfg.backend}"
     report = run_pipeline(cfg, out)
     md = table(report)
-    print(md)
+    result(md)
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str))
     atomic_write_text(out / "report.md", md)
     plot(report, out / "compress.png")
-    print(f"report: {out / 'report.json'}, {out / 'report.md'}, {out / 'compress.png'} (ONNX per stage in {out})")
+    result(f"report: {out / 'report.json'}, {out / 'report.md'}, {out / 'compress.png'} (ONNX per stage in {out})")
     return 0

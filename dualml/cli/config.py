@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from .log import result
+
 #: the one-line description in ``dualml --help``
 HELP = 'print the resolved config'
 #: config sections (or keys) ``dualml config --help`` lists
@@ -17,5 +19,5 @@ SECTION = None
 
 def cmd_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
     """Print the config this command line resolves to (``backend=auto`` already resolved)."""
-    print(OmegaConf.to_yaml(cfg))
+    result(OmegaConf.to_yaml(cfg))
     return 0

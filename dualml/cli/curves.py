@@ -15,6 +15,7 @@ from ..checkpoint import atomic_write_bytes, atomic_write_text
 from ..cpu import describe_cpu
 from ..errors import DualmlError
 from ..evidence.curves import EARLY_STEPS, PART_RTOL, as_dict, markdown, plot, run_curve
+from .log import result, say
 
 #: the one-line description in ``dualml --help``
 HELP = 'train the config on `backend` and `parity.against` in float64 and float32; same training?'
@@ -48,6 +49,6 @@ def cmd_curves(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
         extra = "" if r["dtype"] == "float64" else (
             f", one-ulp self {r['max_self']:.2e}, ratio {r['ratio']:.2f}, parts >{PART_RTOL:g} at step "
             f"{r['first_part'] or '-'}{' (' + r['cause'][0] + ')' if r['cause'] else ''}")
-        print(f"{r['dtype']}: {'pass' if r['passed'] else 'FAIL'} cross max {r['max_cross']:.2e}{extra}")
-    print(f"report: {out / 'report.json'}, {out / 'report.md'}, {out / 'curves.png'}")
+        say(f"{r['dtype']}: {'pass' if r['passed'] else 'FAIL'} cross max {r['max_cross']:.2e}{extra}")
+    result(f"report: {out / 'report.json'}, {out / 'report.md'}, {out / 'curves.png'}")
     return 0 if all(r["passed"] for r in results) else 1

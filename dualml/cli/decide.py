@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from ..evidence.decide import decide, decision_file, markdown, write_decision
 from .auto import run_bench
+from .log import result
 
 #: the one-line description in ``dualml --help``
 HELP = 'score the decision matrix `decision` (configs/decision/*.yaml) from the bench report; pick a backend'
@@ -25,6 +26,6 @@ def cmd_decide(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
     """``dualml decide [decision=NAME] [model=...] [decide.bench=FILE]``."""
     decision = decide(cfg, run_bench=run_bench)
     paths = write_decision(decision, decision_file(cfg))
-    print(markdown(decision))
-    print(f"decision: {paths['json']}, {paths['md']}, {paths['png']}")
+    result(markdown(decision))
+    result(f"decision: {paths['json']}, {paths['md']}, {paths['png']}")
     return 0

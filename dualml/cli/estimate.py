@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from omegaconf import DictConfig
 
 from ..evidence.estimate import markdown, run
+from .log import result
 
 #: the one-line description in ``dualml --help``
 HELP = 'memory formula for training `model` at data.batch_size, term by term, next to the measured peak'
@@ -20,6 +21,6 @@ SECTION = None
 def cmd_estimate(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
     """``dualml estimate model=... data.batch_size=...``: print the table, write JSON + markdown."""
     report, out = run(cfg)
-    print(markdown(report))
-    print(f"report: {out / 'report.json'} and {out / 'report.md'}")
+    result(markdown(report))
+    result(f"report: {out / 'report.json'} and {out / 'report.md'}")
     return 0

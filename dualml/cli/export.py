@@ -6,7 +6,6 @@ command line into one export and its report.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from ..onnx.export import (
 from ..onnx.int8 import calibration_batches, compare_int8, quantize_onnx
 from ..train.data import load_dataset
 from ..zoo import create_model
+from .log import error, keep_in, result, say, warn
 
 #: the one-line description in ``dualml --help``
 HELP = "export `backend`'s model (from export.checkpoint) to ONNX, verify it in ONNX Runtime"
@@ -64,7 +64,7 @@ def cmd_export(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
             weights = {k: (np.asarray(v, np.float32) if np.asarray(v).dtype == np.float64 else v)
                        for k, v in weights.items()}
             source["weights_narrowed"] = "float64 -> float32"
-            print(f"note: {ckpt} holds float64 weights (trainer.dtype=float64); exported as float32", file=sys.stderr)
+            warn(f"{ckpt} holds float64 weights (trainer.dtype=float64); exported as float32")
     else:
         name, params = config["model"]["name"], {k: v for k, v in config["model"].items() if k != "name"}
         weights, source = None, {"checkpoint": None, "initial_weights_seed": cfg.seed}
@@ -80,24 +80,25 @@ def cmd_export(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
         report = export_model(model, cfg.backend, weights, out, x, e.opset, e.exporter, cfg.seed, metadata,
                               float(e.atol), float(e.rtol))
     except VerificationError as exc:
-        print(f"error: {exc}")
+        error(str(exc))
         return 1
     report.update(source=source, sample=x_source)
     v = report["verification"]
     why = f" (dynamo failed: {report['fallback_reason']})" if report.get("fallback_reason") else ""
-    print(f"exported {name} [{cfg.backend}] with {report['exporter']}{why}, opset {report['opset']}: {out} "
+    result(f"exported {name} [{cfg.backend}] with {report['exporter']}{why}, opset {report['opset']}: {out} "
           f"({report['bytes'] / 1024:.1f} KiB, {sum(report['ops'].values())} nodes)")
-    print(f"verified in ONNX Runtime on {x_source}: max abs diff {v['max_abs']:.2e}, max rel {v['max_rel']:.2e} "
+    say(f"verified in ONNX Runtime on {x_source}: max abs diff {v['max_abs']:.2e}, max rel {v['max_rel']:.2e} "
           f"(atol {v['atol']}, rtol {v['rtol']}, batch {len(x)} and 1): pass")
     if e.quantize != "none":
         report["int8"] = _quantize(cfg, model, out, final, int(e.calib_batches))
         q = report["int8"]
-        print(f"INT8 ({e.quantize}): {final} ({q['int8_bytes'] / 1024:.1f} KiB, {100 * q['size_ratio']:.0f}% of "
+        say(f"INT8 ({e.quantize}): {final} ({q['int8_bytes'] / 1024:.1f} KiB, {100 * q['size_ratio']:.0f}% of "
               f"fp32); test accuracy fp32 {q.get('fp32_accuracy', float('nan')):.4f} -> int8 "
               f"{q.get('int8_accuracy', float('nan')):.4f}; latency int8/fp32 batch 1 "
               f"{q.get('latency_ratio_b1', float('nan')):.2f}")
+    keep_in(final.parent, final.stem + ".log")
     path = atomic_write_text(final.with_suffix(".report.json"), json.dumps(report, indent=2, default=str))
-    print(f"report: {path}")
+    result(f"report: {path}")
     return 0
 
 

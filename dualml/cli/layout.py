@@ -12,6 +12,7 @@ from ..backend import get_backend, layer_impl
 from ..config import model_params
 from ..module import join, named_leaves
 from ..zoo import create_model
+from .log import result
 from .report import write_report
 
 #: the one-line description in ``dualml --help``
@@ -41,7 +42,7 @@ def cmd_layout(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
                 cells.append(join(path, n) + ("" if t == "same" else f" ({t})"))
             rows.append(f"| {join(path, k)} | {list(spec.shape)} | {leaf.kind} | " + " | ".join(cells) + " |")
     md = "\n".join(rows) + "\n"
-    print(md)
+    result(md)
     out = write_report(cfg, "layout", {"model": name, "table": rows}, md)
-    print(f"report: {out / 'report.md'}")
+    result(f"report: {out / 'report.md'}")
     return 0

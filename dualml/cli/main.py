@@ -20,7 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from ..config import GROUPS, config_dir, load_config
 from ..errors import DualmlError, did_you_mean
 from ..version import __version__
-from . import bench, compress, curves, decide, demo, estimate, export, layout, parity, predict, serve, train
+from . import bench, compress, curves, decide, demo, estimate, export, layout, log, parity, predict, serve, train
 from . import config as config_cmd
 from .auto import load
 
@@ -42,7 +42,7 @@ def command(name: str) -> Callable[[DictConfig, Sequence[str]], int]:
 
 
 def usage() -> str:
-    lines = ["usage: dualml [--version] <command> [key=value ...] [--help]", "", "commands:"]
+    lines = ["usage: dualml [--version] [-q | -v] <command> [key=value ...] [--help]", "", "commands:"]
     lines += [f"  {k:8} {v}" for k, v in COMMANDS.items()]
     lines += ["", "examples: " + EXAMPLES[0], *(f"          {e}" for e in EXAMPLES[1:])]
     return "\n".join(lines)
@@ -123,6 +123,7 @@ def parser(help_for: str | None = None) -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=usage().split("\n\n", 1)[1])
     p.add_argument("--version", action="version", version=f"dualml {__version__}")
+    _verbosity_flags(p)
     sub = p.add_subparsers(dest="command", metavar="<command>")
     for name, module in MODULES.items():
         section = getattr(module, "SECTION", None)
@@ -131,7 +132,17 @@ def parser(help_for: str | None = None) -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter,  # the key table as written
                            epilog=keys_help(module.KEYS or None) if name == help_for else None)
         s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (OmegaConf dotlist)")
+        _verbosity_flags(s)
     return p
+
+
+def _verbosity_flags(p: argparse.ArgumentParser) -> None:
+    """Shown in --help; :func:`main` takes them out of argv itself, wherever they stand."""
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="results, warnings and errors only (no progress bars, no step-by-step lines)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also the frameworks' own warnings and logs, and tracebacks; every run keeps them "
+                        "in dualml.log beside its report")
 
 
 def _expand(command: str, overrides: list[str]) -> list[str]:
@@ -152,9 +163,39 @@ def _expand(command: str, overrides: list[str]) -> list[str]:
     return out
 
 
+#: the verbosity flags, accepted before or after the command (key=value items never look like them)
+FLAGS = {"-q": log.QUIET, "--quiet": log.QUIET, "-v": log.VERBOSE, "--verbose": log.VERBOSE}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns its exit status (2 with one ``error:`` line for bad input)."""
+    """Run one command; returns its exit status (2 with one ``error:`` line for bad input, 1 for a failed
+    check or an unexpected failure, whose traceback only ``-v`` shows)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    levels = {FLAGS[a] for a in argv if a in FLAGS}
+    if len(levels) > 1:
+        print("error: -q and -v are not allowed together; allowed: one of -q (results and warnings only), "
+              "-v (everything, with tracebacks)", file=sys.stderr)
+        return 2
+    verbosity = levels.pop() if levels else log.verbosity_from_env()
+    argv = [a for a in argv if a not in FLAGS]
+    with log.session(verbosity, argv) as session:
+        try:
+            return _run(argv)
+        except DualmlError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            session.memory.lines.append(f"error: {exc}")
+            return 2
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            return 130
+        except Exception as exc:
+            if verbosity >= log.VERBOSE:
+                raise
+            print(session.failure(exc), file=sys.stderr)
+            return 1
+
+
+def _run(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
@@ -173,14 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: argument '{name}' is not allowed; allowed: --version, --help or a command: "
               f"{', '.join(MODULES)}", file=sys.stderr)
         return 2
-    overrides = [*args.overrides, *unknown]
-    try:
-        overrides = _expand(args.command, overrides)
-        cfg = load(overrides)
-        return command(args.command)(cfg, overrides)
-    except DualmlError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    overrides = _expand(args.command, [*args.overrides, *unknown])
+    cfg = load(overrides)
+    return command(args.command)(cfg, overrides)
 
 
 if __name__ == "__main__":

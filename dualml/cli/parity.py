@@ -15,6 +15,7 @@ from ..errors import DualmlError
 from ..onnx.export import onnx_markdown, onnx_parity
 from ..parity import Tolerance, default_cases, markdown, run_suite
 from ..zoo import ZOO, create_model
+from .log import result, say
 from .report import write_report
 
 #: the one-line description in ``dualml --help``
@@ -38,34 +39,34 @@ def cmd_parity(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
     tol = (Tolerance.float64(float(cfg.parity.float64_rtol)) if dtype == "float64" else
            Tolerance(cfg.parity.atol, cfg.parity.rtol, cfg.parity.grad_atol, cfg.parity.grad_rtol))
     cpu = describe_cpu()
-    print(f"parity in {dtype}: |a-b| <= {tol.atol:g} + {tol.rtol:g}*|b| (forward), "
+    say(f"parity in {dtype}: |a-b| <= {tol.atol:g} + {tol.rtol:g}*|b| (forward), "
           f"{tol.grad_atol:g} + {tol.grad_rtol:g}*|b| (gradients); CPU {cpu['cpu_flags']}, kernel limits "
           f"{cpu['kernel_limits']}")
     report = run_suite(cases, backends, tol, seed=cfg.seed, dtype=dtype)
     groups: dict[str, list[dict]] = {}
     for r in report["results"]:
         groups.setdefault(r["group"], []).append(r)
-    print(f"{'group':8} {'runs':>5} {'passed':>7} {'max fwd abs':>12} {'max grad abs':>13}")
+    say(f"{'group':8} {'runs':>5} {'passed':>7} {'max fwd abs':>12} {'max grad abs':>13}")
     for g, rs in groups.items():  # gradients of cases with a named float32 constant or kink are reported below
         plain = [r["grad_max_abs"] for r in rs if not r["float32_constants"] and not r["kinks"]]
-        print(f"{g:8} {len(rs):5d} {sum(r['passed'] for r in rs):7d} "
+        say(f"{g:8} {len(rs):5d} {sum(r['passed'] for r in rs):7d} "
               f"{max(r['forward_max_abs'] for r in rs):12.2e} {max(plain, default=0.0):13.2e}")
     for r in report["results"]:
         if not r["passed"]:
-            print(f"FAIL {r['name']} [{r['mode']}]: {r['message']}"
+            say(f"FAIL {r['name']} [{r['mode']}]: {r['message']}"
                   + (f" | first divergence: {r['first_divergence']}" if r["first_divergence"] else ""))
     s = report["summary"]
     md = markdown(report)
     for c in report["float32_constants"]:
         worst = max(r["grad_max_abs"] for r in report["results"]
                     if any(x.startswith(c) for x in r["float32_constants"]))
-        print(f"named float32 constant: {c}; largest gradient difference where it applies: {worst:.1e}")
+        say(f"named float32 constant: {c}; largest gradient difference where it applies: {worst:.1e}")
     for r in report["results"]:
         if r["kinks"]:
-            print(f"kink in {r['name']} [{r['mode']}]: {'; '.join(r['kinks'])}")
+            say(f"kink in {r['name']} [{r['mode']}]: {'; '.join(r['kinks'])}")
     onnx_failed = 0
     if cfg.parity.onnx and cfg.parity.zoo and dtype == "float64":
-        print("ONNX parity runs with parity.dtype=float32 (the exports are float32 graphs)")
+        say("ONNX parity runs with parity.dtype=float32 (the exports are float32 graphs)")
     elif cfg.parity.onnx and cfg.parity.zoo:
         models = {n: create_model(n) for n in ZOO if not cfg.parity.only or cfg.parity.only in f"onnx:{n}"}
         if models:
@@ -73,13 +74,13 @@ def cmd_parity(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
             md += "\n" + onnx_markdown(report["onnx"])
             rs = report["onnx"]["results"]
             onnx_failed = report["onnx"]["failed"]
-            print(f"{'onnx':8} {len(rs):5d} {len(rs) - onnx_failed:7d} {max(r['max_abs'] for r in rs):12.2e} "
+            say(f"{'onnx':8} {len(rs):5d} {len(rs) - onnx_failed:7d} {max(r['max_abs'] for r in rs):12.2e} "
                   f"{'(ORT vs ORT)':>13}")
             for r in rs:
                 if not r["passed"]:
-                    print(f"FAIL onnx:{r['model']}: max abs {r['max_abs']:.3g} {r['message']}")
+                    say(f"FAIL onnx:{r['model']}: max abs {r['max_abs']:.3g} {r['message']}")
     out = write_report(cfg, "parity", report, md)
-    print(f"{s['passed']}/{s['cases']} parity runs passed in {dtype} ({backends[0]} vs {backends[1]})"
+    result(f"{s['passed']}/{s['cases']} parity runs passed in {dtype} ({backends[0]} vs {backends[1]})"
           + (f"; ONNX exports agree on {len(rs) - onnx_failed}/{len(rs)} zoo models" if "onnx" in report else ""))
-    print(f"report: {out / 'report.json'} and {out / 'report.md'}")
+    result(f"report: {out / 'report.json'} and {out / 'report.md'}")
     return 0 if s["failed"] == 0 and not onnx_failed else 1

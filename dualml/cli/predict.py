@@ -5,7 +5,6 @@ Reading and checking the input is dualml.onnx.serve's (the server checks request
 from __future__ import annotations
 
 import io
-import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,6 +14,7 @@ from ..checkpoint import atomic_write_bytes
 from ..errors import DualmlError
 from ..onnx import ort
 from ..onnx.serve import PREDICT_CHUNK, Signature, classify, load_npy, one_line
+from .log import result, warn
 
 #: the one-line description in ``dualml --help``
 HELP = 'run an ONNX model on an .npy file: `dualml predict model.onnx input=x.npy`'
@@ -35,7 +35,7 @@ def cmd_predict(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
     sig = Signature.of(sess)
     x, note = sig.prepare(load_npy(p.input))
     if note:
-        print(f"note: {note}", file=sys.stderr)
+        warn(f"{note}")
     step = len(x) if sig.fixed_batch else PREDICT_CHUNK
     try:
         y = np.concatenate([ort.run(sess, x[i:i + step]) for i in range(0, len(x), step)])
@@ -46,19 +46,19 @@ def cmd_predict(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
         buf = io.BytesIO()
         np.save(buf, y)
         atomic_write_bytes(p.output, buf.getvalue())
-        print(f"wrote outputs {list(y.shape)} {y.dtype} for {len(x)} rows to {p.output}")
+        result(f"wrote outputs {list(y.shape)} {y.dtype} for {len(x)} rows to {p.output}")
         return 0
     c = classify(y)
     if c is None:
-        print(f"{p.model}: output shape {list(y.shape)} {y.dtype}; min {y.min():.6g}, max {y.max():.6g}, "
+        result(f"{p.model}: output shape {list(y.shape)} {y.dtype}; min {y.min():.6g}, max {y.max():.6g}, "
               f"mean {y.astype(np.float64).mean():.6g} (use output=y.npy to save the values)")
         return 0
     cls, prob, already = c
-    print(f"{p.model}: {len(x)} rows, output {list(y.shape)} {y.dtype}; prob = "
+    result(f"{p.model}: {len(x)} rows, output {list(y.shape)} {y.dtype}; prob = "
           f"{'the output as given (rows are probabilities)' if already else 'softmax of the output'}")
-    print(f"{'row':>6} {'class':>6} {'prob':>8}")
+    result(f"{'row':>6} {'class':>6} {'prob':>8}")
     for i, (k, q) in enumerate(zip(cls, prob)):
-        print(f"{i:6d} {int(k):6d} {q:8.4f}")
+        result(f"{i:6d} {int(k):6d} {q:8.4f}")
     counts = dict(zip(*np.unique(cls, return_counts=True)))
-    print("class counts: " + ", ".join(f"{int(k)}: {int(n)}" for k, n in counts.items()))
+    result("class counts: " + ", ".join(f"{int(k)}: {int(n)}" for k, n in counts.items()))
     return 0

@@ -5,19 +5,21 @@ launcher, so it needs the command line itself, which only the CLI has.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
 from ..backend import get_backend
 from ..errors import DualmlError
 from ..train.trainer import Trainer, TrainingDiverged
+from .log import VERBOSE, error, keep_in, result, say, verbosity
 
 #: the one-line description in ``dualml --help``
 HELP = 'train `model` on `data` with `trainer` settings on `backend`; prints the run folder'
@@ -37,10 +39,33 @@ def _launch_data_parallel(cfg: DictConfig, overrides: Sequence[str]) -> int:
     logs = tempfile.mkdtemp(prefix="dualml-launch-")
     script = str(Path(__file__).with_name("launch_worker.py"))
     cmd = get_backend(cfg.backend).launch_command(n, script, args, logs)
-    print(f"launching {n} {cfg.backend} workers: {' '.join(cmd)}")
-    rc = subprocess.call(cmd, env={**os.environ, "DUALML_WORKER": "1"})
-    print(f"launcher logs: {logs}")
+    say(f"launching {n} {cfg.backend} workers: {' '.join(cmd)}")
+    keep_in(logs)
+    env = {**os.environ, "DUALML_WORKER": "1"}
+    if verbosity() >= VERBOSE:
+        rc = subprocess.call(cmd, env=env)
+    else:  # the launchers' INFO lines (paddle prints ~36) go to a file; the summary is read from the run
+        out = Path(logs) / "launcher.out"
+        with open(out, "w") as f:
+            rc = subprocess.call(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+        if rc != 0:
+            tail = out.read_text(errors="replace").splitlines()[-15:]
+            error("the %s launcher exited with %d; last lines of %s:\n%s", cfg.backend, rc, out, "\n".join(tail))
+            return rc
+        metrics = json.loads((Path(run) / "metrics.json").read_text())
+        _summary(metrics, Path(run))
+    say(f"launcher logs: {logs}")
     return rc
+
+
+def _summary(metrics: dict[str, Any], run: Path) -> None:
+    if metrics.get("world_size", 1) > 1:
+        say(f"data parallel over {metrics['world_size']} ranks; mean |rank - rank 0| weight difference "
+            f"{metrics['rank_weight_diff_mean']:.3g}")
+    say(f"{metrics['model']} [{metrics['backend']}]: test accuracy {metrics['test_acc']:.4f}, test loss "
+        f"{metrics['test_loss']:.4f} after {metrics['steps']} steps / {metrics['epochs']} epochs "
+        f"in {metrics['seconds']:.1f} s" + (" (stopped early)" if metrics["stopped_early"] else ""))
+    result(f"run folder: {run} (metrics.json, curves.png, steps.csv, epochs.csv, tb/, best/last.safetensors)")
 
 
 def cmd_train(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
@@ -53,16 +78,13 @@ def cmd_train(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
     try:
         metrics = trainer.fit()
     except TrainingDiverged as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        error(str(exc))
         return 1
+    finally:  # the run folder keeps the command's log, also when training failed
+        if trainer.run_dir is not None and trainer.is_main:
+            keep_in(trainer.run_dir)
     run = trainer.run_dir
     if not trainer.is_main:
         return 0
-    if trainer.world_size > 1:
-        print(f"data parallel over {trainer.world_size} ranks; mean |rank - rank 0| weight difference "
-              f"{metrics['rank_weight_diff_mean']:.3g}")
-    print(f"{metrics['model']} [{metrics['backend']}]: test accuracy {metrics['test_acc']:.4f}, test loss "
-          f"{metrics['test_loss']:.4f} after {metrics['steps']} steps / {metrics['epochs']} epochs "
-          f"in {metrics['seconds']:.1f} s" + (" (stopped early)" if metrics["stopped_early"] else ""))
-    print(f"run folder: {run} (metrics.json, curves.png, steps.csv, epochs.csv, tb/, best/last.safetensors)")
+    _summary(metrics, run)
     return 0
