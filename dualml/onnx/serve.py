@@ -258,6 +258,7 @@ class Batcher:
         self._pause, self._paused, self._resume = threading.Event(), threading.Event(), threading.Event()
         self._lock = threading.Lock()
         self.batches = self.samples = self.requests = self.max_requests = 0
+        self.sizes: dict[int, int] = {}  # samples per run -> runs: what a benchmark's in-process ceiling replays
         self._thread = threading.Thread(target=self._loop, name="dualml-batcher", daemon=True)
 
     def start(self) -> None:
@@ -325,7 +326,8 @@ class Batcher:
             b = self.batches
             return {"batches_run": b, "samples_run": self.samples, "mean_batch_size": self.samples / b if b else 0.0,
                     "mean_requests_per_batch": self.requests / b if b else 0.0,
-                    "max_requests_per_batch": self.max_requests, "queued": self.queued()}
+                    "max_requests_per_batch": self.max_requests, "queued": self.queued(),
+                    "batch_sizes": {str(k): v for k, v in sorted(self.sizes.items())}}
 
     def _next(self) -> _Request | None:
         if self._carry is not None:
@@ -388,6 +390,7 @@ class Batcher:
             self.samples += rows
             self.requests += len(group)
             self.max_requests = max(self.max_requests, len(group))
+            self.sizes[rows] = self.sizes.get(rows, 0) + 1
         if self.on_batch is not None:
             self.on_batch(rows, len(group))
         if len(group) == 1:
@@ -647,7 +650,7 @@ class ModelServer(ThreadingHTTPServer):
                 rejected[status] = rejected.get(status, 0) + int(n)
         stats = self.batcher.stats() if self.batcher else {
             "batches_run": 0, "samples_run": 0, "mean_batch_size": 0.0, "mean_requests_per_batch": 0.0,
-            "max_requests_per_batch": 0, "queued": 0}
+            "max_requests_per_batch": 0, "queued": 0, "batch_sizes": {}}
         return {"requests_served": served, "requests_rejected": sum(rejected.values()),
                 "rejected_by_status": dict(sorted(rejected.items())), **stats}
 
