@@ -25,9 +25,13 @@ this process (same thread count) running batches of exactly the sizes the server
 /health's ``batch_sizes``), samples per second of pure ``session.run``. Goal (issue #14): on the
 resnet, batching on >= 2.5x off and >= 70% of the ceiling; on the cnn, on never slower than off.
 
+Interleaved: ``--rounds`` rounds each run on, then off (alternating the order), then the ceiling at
+that round's batch sizes; on a shared machine whose load changes by the minute, separate runs of
+each mode measured the load, not batching (one such pair gave on/off 0.6x, the next 1.4x).
+
 Usage: ``python benchmarks/bench_serve.py [--model NAME=FILE] [--protocol v2|predict] [--clients 32]
-[--seconds 20] [--max-batch 32] [--max-wait-ms 0] [--threads 1] [--out reports/bench]``.
-Writes ``OUT/serve.json``. Each mode stops after ``--seconds`` (or its request budget).
+[--seconds 24] [--rounds 4] [--max-batch 32] [--max-wait-ms 0] [--threads 1] [--out reports/bench]``.
+Writes ``OUT/serve.json``.
 """
 from __future__ import annotations
 
@@ -180,7 +184,7 @@ def load_test(host: str, port: int, requests: list[tuple[str, bytes, dict[str, s
             "max_abs_diff": max_diff[0], "wall_s": wall, "throughput_rps": (sent - lost[0]) / wall if wall else 0.0,
             "latency_ms": {"p50": float(np.percentile(lat, 50)), "p90": float(np.percentile(lat, 90)),
                            "p99": float(np.percentile(lat, 99)), "max": float(lat.max())} if len(lat) else {},
-            "errors_sample": errors[:5]}
+            "errors_sample": errors[:5], "_latencies_ms": lat.tolist()}
 
 
 def run_mode(model: Path, args: argparse.Namespace, batching: bool, requests: list[Any], ref: np.ndarray,
@@ -238,20 +242,57 @@ def ceiling(model: Path, sizes: dict[int, int], sample_shape: list[int], threads
             "ms_per_run": {str(b): 1000 * t for b, t in per_size.items()}}
 
 
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One mode's rounds as one result: counts summed, throughput = answered / wall, latency pooled."""
+    lat = np.concatenate([np.asarray(p.pop("_latencies_ms")) for p in parts])
+    sizes: dict[int, int] = {}
+    for p in parts:
+        for k, v in p["batch_sizes"].items():
+            sizes[k] = sizes.get(k, 0) + v
+    ok, wall = sum(p["answered_ok"] for p in parts), sum(p["wall_s"] for p in parts)
+    batches = sum(sizes.values())
+    cpu = [p["server_cpu_ms_per_request"] for p in parts if p["server_cpu_ms_per_request"] is not None]
+    return {"rounds": len(parts), "sent": sum(p["sent"] for p in parts), "answered_ok": ok,
+            "lost": sum(p["lost"] for p in parts), "wrong": sum(p["wrong"] for p in parts),
+            "max_abs_diff": max(p["max_abs_diff"] for p in parts), "wall_s": wall,
+            "throughput_rps": ok / wall if wall else 0.0,
+            "throughput_rps_per_round": [p["throughput_rps"] for p in parts],
+            "latency_ms": {"p50": float(np.percentile(lat, 50)), "p90": float(np.percentile(lat, 90)),
+                           "p99": float(np.percentile(lat, 99)), "max": float(lat.max())} if len(lat) else {},
+            "batching": parts[0]["batching"], "batches_run": batches,
+            "mean_batch_size": sum(k * v for k, v in sizes.items()) / batches if batches else 0.0,
+            "batch_sizes": dict(sorted(sizes.items())),
+            "server_cpu_ms_per_request": float(np.mean(cpu)) if cpu else None,
+            "errors_sample": [e for p in parts for e in p["errors_sample"]][:5]}
+
+
 def bench_case(name: str, model: Path, budget: int, args: argparse.Namespace) -> dict[str, Any]:
+    """``args.rounds`` rounds, each running both modes (order alternating) for a share of ``args.seconds``
+    and timing the ceiling at that round's batch sizes, so load from other processes on a shared
+    machine falls on all three alike rather than on whichever ran during a busy spell."""
     sess = ort.session(model, threads=1)
     input_name, shape, dtype = ort.input_info(sess)
     sample_shape = [d if isinstance(d, int) else 1 for d in shape[1:]]
     pool = np.random.default_rng(0).standard_normal((args.pool, *sample_shape)).astype(np.float32)
     ref = np.concatenate([ort.run(sess, pool[i:i + 1]) for i in range(len(pool))]).reshape(len(pool), -1)
     requests = [encode(s, input_name, args.protocol) for s in pool]
-    runs = {}
-    for batching in (True, False):
-        key = "batching_on" if batching else "batching_off"
-        print(f"{name} {key}: {args.clients} clients, up to {budget} requests or {args.seconds:g} s ...", flush=True)
-        runs[key] = run_mode(model, args, batching, requests, ref, budget)
+    slice_args = argparse.Namespace(**{**vars(args), "seconds": args.seconds / args.rounds})
+    parts: dict[str, list[dict[str, Any]]] = {"batching_on": [], "batching_off": []}
+    ceil_samples = ceil_busy = 0.0
+    for r in range(args.rounds):
+        for batching in ((True, False) if r % 2 == 0 else (False, True)):
+            key = "batching_on" if batching else "batching_off"
+            print(f"{name} round {r + 1}/{args.rounds} {key}: {args.clients} clients, "
+                  f"{slice_args.seconds:g} s ...", flush=True)
+            parts[key].append(run_mode(model, slice_args, batching, requests, ref, budget // args.rounds))
+        sizes = parts["batching_on"][-1]["batch_sizes"]
+        c = ceiling(model, sizes, sample_shape, args.threads, seconds=max(1.0, slice_args.seconds / 3))
+        n = sum(b * k for b, k in sizes.items())
+        ceil_samples += n
+        ceil_busy += n / c["samples_per_s"] if c["samples_per_s"] else 0.0
+    runs = {k: merge(v) for k, v in parts.items()}
     on, off = runs["batching_on"], runs["batching_off"]
-    ceil = ceiling(model, on["batch_sizes"], sample_shape, args.threads)
+    ceil = {"samples_per_s": ceil_samples / ceil_busy if ceil_busy else 0.0}
     return {"model": str(model), "input": {"name": input_name, "shape": [d if isinstance(d, int) else str(d)
                                                                           for d in shape], "dtype": str(dtype)},
             "runs": runs, "ceiling": ceil,
@@ -266,7 +307,9 @@ def main() -> None:
                         + ", ".join(CASES))
     p.add_argument("--protocol", choices=("v2", "predict"), default="v2")
     p.add_argument("--clients", type=int, default=32)
-    p.add_argument("--seconds", type=float, default=20.0, help="per mode; the request budget may end it sooner")
+    p.add_argument("--seconds", type=float, default=24.0, help="per mode, over all rounds; the request budget "
+                   "may end it sooner")
+    p.add_argument("--rounds", type=int, default=4, help="on/off/ceiling rounds, interleaved")
     p.add_argument("--requests", type=int, default=None, help="request budget per mode (default: per case)")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=0.0)
@@ -288,7 +331,7 @@ def main() -> None:
             results[name] = bench_case(name, model, budget, args)
     machine["loadavg_1m_end"] = os.getloadavg()[0]
     report = {"benchmark": "serve", "protocol": args.protocol, "cases": results, "machine": machine,
-              "settings": {k: getattr(args, k) for k in ("clients", "seconds", "max_batch", "max_wait_ms",
+              "settings": {k: getattr(args, k) for k in ("clients", "seconds", "rounds", "max_batch", "max_wait_ms",
                                                          "queue_size", "threads", "pool", "atol")}}
     out = atomic_write(args.out / "serve.json", json.dumps(report, indent=2).encode())
     print(f"{'case':18} {'mode':13} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'mean batch':>10} "
