@@ -16,7 +16,7 @@ is *lost*. Both must be 0 for the numbers to mean anything.
 
 ``--protocol``: ``v2`` (default) sends Open Inference Protocol requests with binary tensor data (what
 ``tritonclient`` sends by default; the image models' choice), ``predict`` sends dualml's JSON
-``/predict``. JSON costs the server ~10 ms of parsing per 3x64x64 request, which would hide what
+``/predict``. JSON costs the server 10-20 ms of parsing per 3x64x64 request, which would hide what
 batching does to inference; the cnn's requests are small either way.
 
 Reported per case and mode: throughput (answered requests per second of wall time), client-side
