@@ -32,13 +32,31 @@ def png_bytes(fig: Any, dpi: int = 110) -> bytes:
     return buf.getvalue()
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux says it (``os.umask`` can only be read
+    by setting it, which for an instant would give files other threads create mode 0666)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` so that ``path`` is either the old file or the complete new one, never half."""
+    """Write ``data`` so that ``path`` is either the old file or the complete new one, never half.
+
+    The file gets the mode any tool's output gets (0666 less the umask): ``mkstemp`` creates 0600,
+    and a model copied from a 0600 export into a container is unreadable by its non-root server."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

@@ -14,6 +14,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from ..checkpoint import atomic_write_text
+from ..cpu import REDUCE_RANGE_CHOICES
 from ..errors import ConfigError, DualmlError, VerificationError, not_allowed
 from ..module import Module
 from ..onnx.export import (
@@ -48,6 +49,8 @@ def cmd_export(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
     e = cfg.export
     if e.quantize not in QUANTIZE:
         raise ConfigError(not_allowed("export.quantize", e.quantize, QUANTIZE))
+    if str(e.get("reduce_range", "auto")).lower() not in REDUCE_RANGE_CHOICES:
+        raise ConfigError(not_allowed("export.reduce_range", e.reduce_range, REDUCE_RANGE_CHOICES))
     if e.opset is not None and (not isinstance(e.opset, int) or e.opset < 7):
         raise ConfigError(f"export.opset={e.opset} is not allowed; allowed: null or an integer >= 7")
     if int(e.verify_batch) < 2:
@@ -95,7 +98,7 @@ def cmd_export(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
         say(f"INT8 ({e.quantize}): {final} ({q['int8_bytes'] / 1024:.1f} KiB, {100 * q['size_ratio']:.0f}% of "
               f"fp32); test accuracy fp32 {q.get('fp32_accuracy', float('nan')):.4f} -> int8 "
               f"{q.get('int8_accuracy', float('nan')):.4f}; latency int8/fp32 batch 1 "
-              f"{q.get('latency_ratio_b1', float('nan')):.2f}")
+              f"{q.get('latency_ratio_b1', float('nan')):.2f}; {q['reduce_range_why']}")
     keep_in(final.parent, final.stem + ".log")
     path = atomic_write_text(final.with_suffix(".report.json"), json.dumps(report, indent=2, default=str))
     result(f"report: {path}")
@@ -110,5 +113,6 @@ def _quantize(cfg: Any, model: Module, fp32: Path, out: Path, calib_batches: int
         raise ConfigError(f"export.quantize={cfg.export.quantize} needs data that fits the model "
                           f"(calibration and test accuracy): {exc}") from None
     calib = calibration_batches(ds.train.x, calib_batches, int(cfg.data.batch_size), cfg.seed)
-    info = quantize_onnx(fp32, out, cfg.export.quantize, calib if cfg.export.quantize == "static" else None)
+    info = quantize_onnx(fp32, out, cfg.export.quantize, calib if cfg.export.quantize == "static" else None,
+                         reduce_range=str(cfg.export.get("reduce_range", "auto")).lower())
     return {**info, **compare_int8(fp32, out, ds.test.x, ds.test.y)}

@@ -54,6 +54,7 @@ class _Console(logging.Handler):
             if record.levelno >= logging.WARNING:
                 msg = f"{record.levelname.lower()}: {msg}"
             tqdm.write(msg, file=stream)
+            stream.flush()  # a server's "serving on ..." line must reach a pipe now, not at exit
         except Exception:  # a closed pipe must not turn a finished command into a traceback
             self.handleError(record)
 

@@ -37,6 +37,26 @@ def session(path: str | os.PathLike, threads: int = 1) -> Any:
         raise DualmlError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from None
 
 
+#: ONNX Runtime type strings of the tensors ``dualml serve`` takes and returns, as numpy dtypes
+ORT_DTYPES: dict[str, np.dtype] = {f"tensor({k})": np.dtype(v) for k, v in (
+    ("float", np.float32), ("double", np.float64), ("float16", np.float16), ("bool", np.bool_),
+    ("int8", np.int8), ("int16", np.int16), ("int32", np.int32), ("int64", np.int64),
+    ("uint8", np.uint8), ("uint16", np.uint16), ("uint32", np.uint32), ("uint64", np.uint64))}
+
+
+def io_specs(args: Any, what: str) -> list[tuple[str, list[Any], np.dtype]]:
+    """(name, shape with None/str for dynamic dims, numpy dtype) of every one of ``sess.get_inputs()``
+    or ``get_outputs()``; a tensor type numpy has no dtype for (strings, maps) is a DualmlError."""
+    specs = []
+    for a in args:
+        dtype = ORT_DTYPES.get(a.type)
+        if dtype is None:
+            raise DualmlError(f"{what} {a.name} has type {a.type}; supported: "
+                              + ", ".join(t[7:-1] for t in ORT_DTYPES))
+        specs.append((a.name, list(a.shape), dtype))
+    return specs
+
+
 def input_info(sess: Any) -> tuple[str, list[Any], np.dtype]:
     """(name, shape with None/str for dynamic dims, numpy dtype) of the model's single input."""
     inputs = sess.get_inputs()
