@@ -16,7 +16,6 @@ import argparse
 import json
 import sys
 import tempfile
-import zlib  # noqa: F401  - before paddle
 from pathlib import Path
 from typing import Any
 

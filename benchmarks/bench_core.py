@@ -33,7 +33,6 @@ import json
 import sys
 import time
 import warnings
-import zlib  # noqa: F401  - must precede the first `import paddle` (paddle 2.6 segfaults otherwise)
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import zlib  # noqa: F401  - before any paddle import (STACK.md)
 from pathlib import Path
 
 from _common import atomic_write, machine_info

@@ -22,7 +22,6 @@ import argparse
 import json
 import sys
 import tempfile
-import zlib  # noqa: F401  - must precede the first `import paddle`
 from pathlib import Path
 from typing import Any
 

@@ -35,7 +35,6 @@ import sys
 import tempfile
 import time
 import warnings
-import zlib  # noqa: F401  - must precede the first `import paddle` (paddle 2.6 segfaults otherwise)
 from pathlib import Path
 from typing import Any
 

@@ -59,7 +59,6 @@ import os
 import sys
 import time
 import warnings
-import zlib  # noqa: F401  - must precede the first `import paddle` (paddle 2.6 segfaults otherwise)
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any

@@ -1,8 +1,17 @@
 """dualml: write a model once, run it natively on PyTorch or PaddlePaddle.
 
 Importing this package imports no framework: adapters load on first use of a backend.
+
+It does import Python's ``zlib``, on purpose and first: paddle 2.6 (then paddleslim) segfaults in
+zlib's ``inflateReset2`` unless Python's own ``zlib`` is loaded before the first ``import paddle``
+(shared STACK.md). This is the one place that guard lives. Every entry point imports ``dualml``
+before paddle: the CLI (``python -m dualml``), the adapter package (``dualml_paddle/__init__``
+imports ``dualml`` first), the test suites (the root ``conftest.py``) and the benchmarks
+(through ``benchmarks/_common.py`` or ``dualml`` itself).
 """
 from __future__ import annotations
+
+import zlib  # noqa: F401  - must precede the first `import paddle` (see the module docstring)
 
 from . import nn
 from .backend import Rule, available_backends, get_backend, register_layer

@@ -1,18 +1,18 @@
 """Cross-backend ONNX parity: for every zoo model the torch export and the paddle export, made
 from the same canonical weights, give the same ONNX Runtime outputs (and each matches its eager
 model). The exporters build different graphs; the operator histograms show how."""
-import zlib  # noqa: F401
 
 import numpy as np
 import pytest
 
 from dualml.onnx.export import compare, onnx_markdown, onnx_parity
+from dualml.testing import backend_pair
 from dualml.zoo import ZOO, create_model
 
 
 @pytest.fixture(scope="module")
 def report():
-    return onnx_parity({n: create_model(n) for n in ZOO}, ("torch", "paddle"), seed=0, batch=2)
+    return onnx_parity({n: create_model(n) for n in ZOO}, backend_pair(), seed=0, batch=2)
 
 
 @pytest.mark.parametrize("name", list(ZOO))
@@ -20,7 +20,7 @@ def test_torch_and_paddle_exports_agree_in_onnxruntime(report, name):
     r = next(r for r in report["results"] if r["model"] == name)
     assert r["passed"], r
     assert r["max_abs"] <= 1e-5
-    for b in ("torch", "paddle"):
+    for b in report["backends"]:
         e = r["exports"][b]
         assert e["error"] is None and e["vs_eager_max_abs"] <= 1e-5
         assert sum(e["ops"].values()) > 0
@@ -28,7 +28,8 @@ def test_torch_and_paddle_exports_agree_in_onnxruntime(report, name):
 
 def test_markdown_shows_both_histograms(report):
     md = onnx_markdown(report)
-    assert "| op | torch | paddle |" in md and "| Conv |" in md and "### transformer: operators" in md
+    a, b = report["backends"]
+    assert f"| op | {a} | {b} |" in md and "| Conv |" in md and "### transformer: operators" in md
 
 
 def test_compare_catches_a_real_difference():

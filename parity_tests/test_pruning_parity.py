@@ -11,8 +11,6 @@ of filters, with the same scores, removed.
 """
 from __future__ import annotations
 
-import zlib  # noqa: F401  - before paddle
-
 import numpy as np
 import pytest
 
@@ -20,8 +18,11 @@ import dualml
 from dualml import nn, zoo
 from dualml.compress.measure import input_spec
 from dualml.compress.prune import channel_dependents, filter_scores, prune_channels
+from dualml.testing import backend_pair
 
 METHODS = ("l1", "l2", "fpgm")
+#: compares torch's pruning tools and PaddleSlim by name
+pytestmark = pytest.mark.backends("torch", "paddle")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -112,12 +113,12 @@ def test_pruned_models_agree_across_backends(case):
         r = prune_channels(model, w, 0.5, method=method, backend="paddle")
         x = np.random.default_rng(3).uniform(-1, 1, (6, *input_spec(model).shape[1:])).astype(np.float32)
         outs = {}
-        for b in ("torch", "paddle"):
+        for b in backend_pair():
             be = dualml.get_backend(b)
             net = dualml.build(r.model, b, weights=r.weights)
             outs[b] = be.numpy(net(be.tensor(x)))
             assert dualml.get_weights(net).keys() == r.weights.keys()
-        np.testing.assert_allclose(outs["torch"], outs["paddle"], rtol=1e-5, atol=1e-5, err_msg=f"{name} {method}")
+        np.testing.assert_allclose(*outs.values(), rtol=1e-5, atol=1e-5, err_msg=f"{name} {method}")
 
 
 def test_exact_ties_remove_filters_of_the_same_scores():

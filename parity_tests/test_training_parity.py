@@ -7,7 +7,6 @@ early steps must agree and the cross-backend divergence must stay within 10x tha
 fp32 bound over 100 steps would be a property of the machine (a max-pool tie picked one of two
 trajectories on an AVX512 CPU and the other on AVX2), not of the library. See dualml/evidence/curves.py.
 """
-import zlib  # noqa: F401
 
 import numpy as np
 import pytest

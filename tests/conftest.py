@@ -1,10 +1,9 @@
-import zlib  # noqa: F401  - before any paddle import (see STACK.md)
-
 import numpy as np
 import pytest
 
 import dualml
 from dualml import nn
+from dualml.testing import selected_backends
 
 
 class TinyMLP(nn.Module):
@@ -35,8 +34,9 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(params=["torch", "paddle"])
+@pytest.fixture(params=selected_backends())
 def backend(request) -> str:
+    """Each selected backend (installed adapters, narrowed by DUALML_TEST_BACKENDS)."""
     return request.param
 
 

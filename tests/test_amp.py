@@ -20,6 +20,7 @@ import pytest
 import dualml
 from dualml import nn
 from dualml.config import load_config
+from dualml.testing import selected_backends
 from dualml.train.trainer import Trainer
 
 STEPS = 30
@@ -68,13 +69,14 @@ def _run(backend: str, amp: str | None) -> Trainer:
 @pytest.fixture(scope="module")
 def curves() -> Iterator[dict[tuple[str, str | None], Trainer]]:
     """The 30-step mlp run per backend, fp32 and bf16 (trained once, shared by the tests below)."""
-    yield {(b, amp): _run(b, amp) for b in ("torch", "paddle") for amp in (None, "bf16")}
+    yield {(b, amp): _run(b, amp) for b in selected_backends() for amp in (None, "bf16")}
 
 
 def _loss(t: Trainer) -> np.ndarray:
     return np.array([r["loss"] for r in t.history.steps])
 
 
+@pytest.mark.backends("torch")
 def test_torch_autocast_runs_linear_and_conv_in_bf16():
     import torch
 
@@ -93,6 +95,7 @@ def test_torch_autocast_runs_linear_and_conv_in_bf16():
         assert net(x).dtype == torch.float32
 
 
+@pytest.mark.backends("paddle")
 def test_paddle_autocast_runs_float32_on_cpu_and_says_so():
     import paddle
 
@@ -126,7 +129,7 @@ def test_paddle_autocast_runs_float32_on_cpu_and_says_so():
             assert paddle.nn.functional.linear(paddle.ones([2, 3]), paddle.ones([3, 4])).dtype == paddle.float32
 
 
-@pytest.mark.parametrize("backend", ["torch", "paddle"])
+@pytest.mark.parametrize("backend", selected_backends())
 def test_bf16_training_decreases_loss_with_finite_weights(backend, curves):
     t = curves[(backend, "bf16")]
     loss = _loss(t)
@@ -136,6 +139,7 @@ def test_bf16_training_decreases_loss_with_finite_weights(backend, curves):
     assert all(v.dtype == np.float32 and np.isfinite(v).all() for v in weights.values())
 
 
+@pytest.mark.backends("torch")
 def test_bf16_curve_stays_near_fp32_curve_on_torch(curves):
     fp32, bf16 = _loss(curves[("torch", None)]), _loss(curves[("torch", "bf16")])
     assert abs(bf16[0] - fp32[0]) <= FIRST_STEP_ATOL
@@ -143,6 +147,7 @@ def test_bf16_curve_stays_near_fp32_curve_on_torch(curves):
     assert not np.array_equal(bf16, fp32)  # bf16 really ran: the curves are close, not identical
 
 
+@pytest.mark.backends("torch", "paddle")
 def test_bf16_on_paddle_cpu_is_exactly_the_fp32_curve_and_near_torch_bf16(curves):
     import paddle
 
@@ -165,6 +170,7 @@ def _params(t: Trainer) -> dict[str, np.ndarray]:
     return dualml.get_weights(t.net)
 
 
+@pytest.mark.backends("torch")
 def test_fp16_torch_trains_in_half_with_the_scaled_loss():
     """torch's CPU autocast runs fp16 kernels; the neutral scaler keeps the curve close to fp32."""
     t = _fp16_trainer("torch", f"trainer.max_steps={STEPS}")
@@ -180,6 +186,7 @@ def test_fp16_torch_trains_in_half_with_the_scaled_loss():
     assert np.abs(_loss(t) - _loss(fp32)).max() < CURVE_ATOL
 
 
+@pytest.mark.backends("paddle")
 def test_fp16_paddle_on_cpu_is_exactly_the_fp32_curve():
     """Paddle runs float32 on CPU; scaling by a power of two and back is exact, so fp16 = fp32 bit for bit."""
     t = _fp16_trainer("paddle", f"trainer.max_steps={STEPS}")
@@ -189,7 +196,7 @@ def test_fp16_paddle_on_cpu_is_exactly_the_fp32_curve():
     np.testing.assert_array_equal(_loss(t), _loss(_run("paddle", None)))
 
 
-@pytest.mark.parametrize("backend", ["torch", "paddle"])
+@pytest.mark.parametrize("backend", selected_backends())
 def test_overflow_skips_the_update_halves_the_scale_and_training_goes_on(backend):
     t = _fp16_trainer(backend, "trainer.max_steps=10")
     batch = [(t.data.train.x[:64], t.data.train.y[:64])]

@@ -29,6 +29,7 @@ def bench(tmp_path_factory):
     return out_dir, stdout.getvalue()
 
 
+@pytest.mark.backends("torch", "paddle")  # `dualml bench` measures both
 def test_report_has_the_schema_for_both_backends(bench):
     out_dir, _ = bench
     report = json.loads((out_dir / "bench" / "mlp" / "report.json").read_text())

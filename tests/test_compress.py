@@ -3,7 +3,6 @@ folding) are exact on both backends, distillation's loss is Hinton's, and a real
 import json
 import subprocess
 import sys
-import zlib  # noqa: F401
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from dualml.compress.pipeline import parse_steps
 from dualml.config import load_config
 from dualml.errors import ConfigError
 from dualml.onnx.export import eager
+from dualml.testing import selected_backends
 from dualml.zoo import create_model
 
 
@@ -74,7 +74,7 @@ def test_fold_bn_is_the_same_function_on_both_backends(trained_cnn):
     r = fold_bn(model, w)
     assert set(r.changed) == {"bn1", "bn2"} and not any(k.startswith("bn") for k in r.weights)
     x = data.test.x[:64]
-    for b in ("torch", "paddle"):
+    for b in selected_backends():
         ref = eager(dualml.build(model, b, weights=w), b, x)
         got = eager(dualml.build(r.model, b, weights=r.weights), b, x)
         np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
@@ -91,13 +91,13 @@ def test_lowrank_is_the_truncated_svd_on_both_backends():
     np.testing.assert_allclose(r.weights["body.0.1.weight"] @ r.weights["body.0.0.weight"], w8, atol=1e-5)
     same_as_w8 = dict(w, **{"body.0.weight": w8.astype(np.float32)})
     x = np.random.default_rng(0).random((16, 64)).astype("float32")
-    for b in ("torch", "paddle"):
+    for b in selected_backends():
         np.testing.assert_allclose(eager(dualml.build(r.model, b, weights=r.weights), b, x),
                                    eager(dualml.build(model, b, weights=same_as_w8), b, x), atol=1e-5, rtol=1e-5)
     assert "saves nothing" in lowrank(model, w, energy=1.0).skipped["head"]
 
 
-@pytest.mark.parametrize("backend", ["torch", "paddle"])
+@pytest.mark.parametrize("backend", selected_backends())
 def test_kd_loss_is_hinton_on_both_backends(backend):
     be = dualml.get_backend(backend)
     rng = np.random.default_rng(0)
@@ -128,7 +128,8 @@ def test_compress_cli_runs_a_pipeline_and_reports(tmp_path):
 
 
 @pytest.mark.usefixtures("one_torch_thread")
-@pytest.mark.parametrize("backend, pipeline", [("torch", "ptq"), ("paddle", "qat"), ("paddle", "dynamic")])
+@pytest.mark.parametrize("backend, pipeline", [pytest.param(b, p, marks=pytest.mark.backends(b)) for b, p in
+                                               [("torch", "ptq"), ("paddle", "qat"), ("paddle", "dynamic")]])
 def test_quantize_pipeline_writes_int8_onnx_with_the_claimed_accuracy(backend, pipeline, tmp_path):
     """The quantize pass inside a pipeline: the exported stage holds int8 weights and quantization ops,
     ONNX Runtime reproduces the native int8 model's accuracy (the report's claim), and weight bytes fall."""

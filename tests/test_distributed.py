@@ -11,13 +11,14 @@ import pytest
 
 from dualml.checkpoint import load_weights
 from dualml.config import load_config
+from dualml.testing import selected_backends
 from dualml.train.trainer import Trainer
 
 COMMON = ["model=mlp", "trainer.max_steps=20", "trainer.optimizer.name=sgd", "trainer.optimizer.lr=0.1",
           "trainer.schedule.name=constant"]  # plain SGD: measured 1.5e-8 from one process
 
 
-@pytest.mark.parametrize("backend", ["torch", "paddle"])
+@pytest.mark.parametrize("backend", selected_backends())
 def test_two_process_data_parallel_matches_single_process(backend, tmp_path):
     run = tmp_path / "dp"
     out = subprocess.run([sys.executable, "-m", "dualml", "train", f"backend={backend}", *COMMON, "trainer.devices=2",

@@ -167,6 +167,7 @@ def test_bad_input_is_one_line_and_exit_2(arg, message, capsys, tmp_path):
     assert err.startswith(f"error: {message}") and err.count("\n") == 1
 
 
+@pytest.mark.backends("torch", "paddle")  # `dualml estimate` measures both
 def test_cli_measures_both_backends(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "dualml", "estimate", "model=mlp", "data.batch_size=8",
                            "estimate.steps=2", f"out_dir={tmp_path}"], capture_output=True, text=True)

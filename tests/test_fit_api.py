@@ -5,6 +5,7 @@ from sklearn.datasets import load_digits
 
 import dualml
 from dualml import nn
+from dualml.testing import backend_pair, selected_backends
 
 
 class Net(nn.Module):
@@ -24,7 +25,7 @@ def _digits():
     return (x / 16.0).astype(np.float32), y
 
 
-@pytest.mark.parametrize("backend", ["torch", "paddle"])
+@pytest.mark.parametrize("backend", selected_backends())
 def test_fit_trains_a_user_model_on_numpy(backend, tmp_path):
     t = dualml.fit(Net(), _digits(), backend, epochs=20, optimizer={"name": "adam", "lr": 0.01},
                    run_dir=tmp_path / "run", progress=False)
@@ -37,7 +38,7 @@ def test_fit_trains_a_user_model_on_numpy(backend, tmp_path):
 
 def test_fit_same_curve_on_both_backends_in_float64():
     runs = [dualml.fit(Net(), _digits(), b, max_steps=40, dtype="float64", optimizer={"name": "sgd", "lr": 0.1},
-                       batch_size=16, progress=False) for b in ("torch", "paddle")]
+                       batch_size=16, progress=False) for b in backend_pair()]
     a, b = (np.array([r["loss"] for r in t.history.steps]) for t in runs)
     np.testing.assert_allclose(a, b, rtol=1e-9)
 

@@ -11,6 +11,7 @@ from dualml.checkpoint import load_weights
 from dualml.config import load_config
 from dualml.errors import ConfigError, WeightsError
 from dualml.parity import Tolerance, default_cases, run_case, run_suite
+from dualml.testing import selected_backends
 from dualml.train.trainer import Trainer
 from dualml.zoo import create_model
 
@@ -22,7 +23,7 @@ def trainer(*overrides: str, write: bool = False) -> Trainer:
     return Trainer(load_config(list(overrides)), write=write, progress=False)
 
 
-@pytest.mark.parametrize("backend", ["torch", "paddle"])
+@pytest.mark.parametrize("backend", selected_backends())
 def test_build_in_float64_widens_exactly_and_refuses_narrowing(backend):
     model = create_model("cnn")
     w32 = dualml.init_weights(model, 0)

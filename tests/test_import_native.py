@@ -11,7 +11,6 @@ wrong name mapping or transpose unnoticed), then BatchNorm statistics from one t
 """
 from __future__ import annotations
 
-import zlib  # noqa: F401  - before paddle (dualml_paddle imports it too; be explicit)
 from typing import Any
 
 import numpy as np
@@ -26,8 +25,10 @@ from fixtures.handwritten_paddle import HANDWRITTEN as PADDLE_HW  # noqa: E402
 from fixtures.handwritten_torch import HANDWRITTEN as TORCH_HW  # noqa: E402
 
 HANDWRITTEN = {"torch": TORCH_HW, "paddle": PADDLE_HW}
-BACKENDS = ("torch", "paddle")
+#: the frameworks with hand-written twins (tests/fixtures); the module runs both by name
+BACKENDS = tuple(HANDWRITTEN)
 OTHER = {"torch": "paddle", "paddle": "torch"}
+pytestmark = pytest.mark.backends(*BACKENDS)
 MODELS = tuple(zoo.ZOO)
 RTOL = ATOL = 1e-5
 # resnet18 at 64x64 (batch 2 from its input_spec) keeps the file fast; the graph is the full one

@@ -6,7 +6,6 @@ itself) and the errors a user gets for values that are not allowed.
 """
 from __future__ import annotations
 
-import zlib  # noqa: F401  - before paddle
 from typing import Any
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 
 import dualml
 from dualml import layers as L
+from dualml.testing import selected_backends
 
 torch = pytest.importorskip("torch")
 paddle = pytest.importorskip("paddle")
@@ -27,6 +27,7 @@ def run(spec: L.Layer, backend: str, *inputs: np.ndarray, weights: dict[str, np.
 
 # ------------------------------------------------------------------------------- conv padding strings
 @pytest.mark.parametrize("nd,kernel,dilation", [(1, 4, 1), (1, 4, 3), (2, (4, 2), (2, 3)), (2, 3, 1), (2, 2, 1)])
+@pytest.mark.backends("torch")
 def test_same_padding_keeps_size_and_matches_torch_functional(nd: int, kernel: Any, dilation: Any) -> None:
     """padding='same' keeps the spatial size on both backends and equals torch's own F.conv with
     padding='same' (which puts the odd extra pixel right/bottom) to float32 round-off."""
@@ -38,7 +39,7 @@ def test_same_padding_keeps_size_and_matches_torch_functional(nd: int, kernel: A
     conv = torch.nn.functional.conv1d if nd == 1 else torch.nn.functional.conv2d
     ref = conv(torch.from_numpy(x), torch.from_numpy(w["weight"]), torch.from_numpy(w["bias"]),
                padding="same", dilation=dilation).numpy()
-    for backend in ("torch", "paddle"):
+    for backend in selected_backends():
         _, out = run(spec, backend, x, weights=w)
         out = dualml.get_backend(backend).numpy(out)
         assert out.shape == shape[:1] + (4,) + shape[2:]
@@ -77,7 +78,7 @@ def test_valid_padding_is_no_padding() -> None:
 
 
 # ------------------------------------------------------------------------------- embedding padding_idx
-@pytest.mark.parametrize("backend", ["torch", "paddle"])
+@pytest.mark.parametrize("backend", selected_backends())
 def test_embedding_padding_row_is_read_and_gets_no_gradient(backend: str) -> None:
     """torch's meaning on both backends: a non-zero padding row (a trained or imported checkpoint)
     is output as is, and backward leaves it alone while other rows get gradients."""
@@ -101,6 +102,7 @@ def test_embedding_bad_padding_idx() -> None:
 
 
 # ------------------------------------------------------------------------------- attention 3-d masks
+@pytest.mark.backends("torch", "paddle")
 def test_3d_bool_mask_blocks_per_head_like_torch() -> None:
     """torch's [batch*heads, L, S] mask, row b*heads + h: blocking every key but one for one head of
     one batch element makes that head attend to that key only; paddle gives torch's numbers."""

@@ -4,7 +4,6 @@ that disagree with the eager model."""
 import json
 import subprocess
 import sys
-import zlib  # noqa: F401
 
 import numpy as np
 import onnx
@@ -19,6 +18,7 @@ from dualml.checkpoint import load_weights
 from dualml.errors import ExportError, VerificationError
 from dualml.onnx import export as onnx_export
 from dualml.onnx import ort
+from dualml.testing import selected_backends
 from dualml.train.data import load_dataset
 from dualml.zoo import create_model
 
@@ -50,7 +50,7 @@ def run_dir64(tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("backend", ["torch", "paddle"])
+@pytest.mark.parametrize("backend", selected_backends())
 def test_export_checkpoint_verified_with_names_and_metadata(run_dir, tmp_path, backend):
     path = tmp_path / f"cnn-{backend}.onnx"
     out = _cli("export", f"backend={backend}", f"checkpoint={run_dir}/best", f"out={path}")
@@ -134,7 +134,7 @@ def test_torchscript_exporter_and_reported_fallback(tmp_path, monkeypatch):
     assert "dynamo: RuntimeError: dynamo exporter broken for this test" in rep["fallback_reason"]
 
 
-@pytest.mark.parametrize("backend", ["torch", "paddle"])
+@pytest.mark.parametrize("backend", selected_backends())
 def test_verification_failure_names_the_figure_and_leaves_no_file(tmp_path, monkeypatch, backend):
     model = create_model("mlp", hidden=[16])
     x = model.input_spec(4)[0].sample(np.random.default_rng(0))
@@ -184,8 +184,9 @@ def bessel():
         _IMPLS.pop((b, Bessel), None)
 
 
-@pytest.mark.parametrize("backend, names", [("torch", ["dynamo", "torchscript", "aten::i0"]),
-                                            ("paddle", ["paddle2onnx", "i0"])])
+@pytest.mark.parametrize("backend, names", [
+    pytest.param("torch", ["dynamo", "torchscript", "aten::i0"], marks=pytest.mark.backends("torch")),
+    pytest.param("paddle", ["paddle2onnx", "i0"], marks=pytest.mark.backends("paddle"))])
 def test_exporter_failure_names_exporter_op_and_layer(bessel, tmp_path, backend, names):
     x = np.random.default_rng(0).standard_normal((2, 4)).astype("float32")
     with pytest.raises(ExportError) as info:

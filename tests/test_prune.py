@@ -8,13 +8,11 @@ removed channels are zeroed, and check every refusal names the layer and the rea
 """
 from __future__ import annotations
 
-import zlib  # noqa: F401  - before paddle (see conftest)
-
 import numpy as np
 import pytest
-from conftest import run
 
 import dualml
+from conftest import run
 from dualml import nn, zoo
 from dualml.compress.measure import count_params, flops, layer_macs, nonzero_params, sparsity
 from dualml.compress.prune import (

@@ -12,8 +12,6 @@ Bounds were measured on the cnn trained below (60 Adam steps, test accuracy ~0.9
 """
 from __future__ import annotations
 
-import zlib  # noqa: F401  - before paddle (see conftest)
-
 import onnx
 import pytest
 

@@ -12,7 +12,6 @@ logits are near-ties, where any rounding flips the argmax and agreement says not
 from __future__ import annotations
 
 import json
-import zlib  # noqa: F401  - before paddle (see conftest)
 from pathlib import Path
 
 import numpy as np

@@ -3,10 +3,12 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import dualml
 
 
+@pytest.mark.backends("torch", "paddle")  # the example builds tnet and pnet by name
 def test_readme_model_example_runs():
     src = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     block = re.search(r"```python\n(import numpy as np.*?)```", src, re.S).group(1)

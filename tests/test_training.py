@@ -15,6 +15,7 @@ import dualml
 from dualml.checkpoint import load_weights
 from dualml.config import load_config
 from dualml.errors import ConfigError, DualmlError
+from dualml.testing import backend_pairs, selected_backends
 from dualml.train.trainer import Trainer, TrainingDiverged
 
 
@@ -37,7 +38,7 @@ CNN_RUN_BAR = 0.97
 
 
 @pytest.mark.usefixtures("one_torch_thread")
-@pytest.mark.parametrize("backend", ["torch", "paddle"])
+@pytest.mark.parametrize("backend", selected_backends())
 def test_cnn_recipe_reaches_98_percent_mean_on_digits(backend, tmp_path):
     """What ``dualml train model=cnn`` does with the shipped configs, for five seeds: the mean test
     accuracy is what holds on any CPU, a single seed is not (see the numbers above)."""
@@ -107,7 +108,7 @@ def _weights(t: Trainer) -> dict[str, np.ndarray]:
     return dualml.get_weights(t.net)
 
 
-@pytest.mark.parametrize("backend", ["torch", "paddle"])
+@pytest.mark.parametrize("backend", selected_backends())
 def test_gradient_accumulation_equals_big_batch(backend):
     common = [f"backend={backend}", "model=mlp", "trainer.max_steps=15", "trainer.optimizer.name=sgd",
               "trainer.optimizer.lr=0.1", "trainer.optimizer.momentum=0.9", "trainer.schedule.name=constant"]
@@ -122,7 +123,7 @@ def test_gradient_accumulation_equals_big_batch(backend):
                                rtol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["torch", "paddle"])
+@pytest.mark.parametrize("backend", selected_backends())
 def test_clipping_bounds_the_update(backend):
     t = trainer(f"backend={backend}", "model=mlp", "trainer.max_steps=3", "trainer.clip_norm=0.01",
                 "trainer.optimizer.name=sgd", "trainer.optimizer.lr=1.0", "trainer.schedule.name=constant")
@@ -134,7 +135,7 @@ def test_clipping_bounds_the_update(backend):
     assert moved <= 3 * 0.01 * 1.0 + 1e-6
 
 
-@pytest.mark.parametrize("backend", ["torch", "paddle"])
+@pytest.mark.parametrize("backend", selected_backends())
 def test_freeze_and_param_group_multiplier(backend):
     t = Trainer(load_config([f"backend={backend}", "model=mlp", "trainer.max_steps=5", "trainer.optimizer.name=sgd",
                              "trainer.optimizer.lr=0.1", "trainer.schedule.name=constant"]),
@@ -204,7 +205,7 @@ def test_resume_with_another_model_is_refused(tmp_path):
     assert (run / "last.safetensors").stat().st_mtime_ns == stamp
 
 
-@pytest.mark.parametrize("backend", ["torch", "paddle"])
+@pytest.mark.parametrize("backend", selected_backends())
 def test_early_stopping(backend):
     t = trainer(f"backend={backend}", "model=mlp", "trainer.epochs=10", "trainer.optimizer.lr=1e-9",
                 "trainer.schedule.name=constant", "trainer.early_stopping.patience=2")
@@ -212,7 +213,7 @@ def test_early_stopping(backend):
     assert metrics["stopped_early"] and metrics["epochs"] == 3, metrics
 
 
-@pytest.mark.parametrize("backend", ["torch", "paddle"])
+@pytest.mark.parametrize("backend", selected_backends())
 def test_rng_is_reseeded_per_step_only_when_a_layer_draws_from_it(backend, monkeypatch):
     """Dropout masks come from (seed, step), so equal seeds give equal runs and a resumed run draws
     what the uninterrupted one would; without random layers the per-step seeding is skipped."""
@@ -240,7 +241,7 @@ def _train_cli(*args: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.parametrize("backend", ["torch", "paddle"])
+@pytest.mark.parametrize("backend", selected_backends())
 def test_sigkill_then_resume_ends_with_the_same_weights(backend, tmp_path):
     # dropout on: an exact resume then also needs the dropout masks drawn from (seed, step)
     common = [f"backend={backend}", "model=cnn", "model.dropout=0.3", "trainer.max_steps=120",
@@ -270,7 +271,7 @@ def test_sigkill_then_resume_ends_with_the_same_weights(backend, tmp_path):
     assert len(rows) == 121 and [int(r.split(",")[0]) for r in rows[1:]] == list(range(1, 121))
 
 
-@pytest.mark.parametrize("first,second", [("torch", "paddle"), ("paddle", "torch")])
+@pytest.mark.parametrize("first,second", backend_pairs())
 def test_cross_backend_resume_continues_the_curve(first, second, tmp_path):
     common = ["model=mlp", "trainer.optimizer.name=adam", "trainer.optimizer.lr=1e-3",
               "trainer.schedule.name=constant"]
@@ -296,7 +297,7 @@ def test_train_cli_prints_run_folder(tmp_path):
     assert f"run folder: {tmp_path / 'r'}" in out.stdout
 
 
-@pytest.mark.parametrize("backend", ["torch", "paddle"])
+@pytest.mark.parametrize("backend", selected_backends())
 def test_own_numpy_data_through_config(backend, tmp_path):
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 600)
@@ -307,7 +308,7 @@ def test_own_numpy_data_through_config(backend, tmp_path):
     assert t.fit()["test_acc"] > 0.9
 
 
-@pytest.mark.parametrize("backend", ["torch", "paddle"])
+@pytest.mark.parametrize("backend", selected_backends())
 def test_scheduled_learning_rate_reaches_the_optimizer(backend):
     from dualml.train.schedules import schedule
 

@@ -1,11 +1,13 @@
 """The PaddlePaddle adapter: the one place dualml imports paddle.
 
-Paddle 2.6 segfaults in zlib's ``inflateReset2`` when paddle (then paddleslim) is imported before
-Python's own ``zlib``; importing ``zlib`` first, here, is the fix (see shared STACK.md).
+``import dualml`` comes first: ``dualml/__init__`` loads Python's ``zlib``, without which paddle 2.6
+segfaults in zlib's ``inflateReset2`` (then paddleslim) when imported (see shared STACK.md). A direct
+``import dualml_paddle`` in a fresh interpreter therefore stays safe although ``.layers`` imports
+paddle before anything of dualml.
 """
 from __future__ import annotations
 
-import zlib  # noqa: F401  - must precede the first `import paddle`
+import dualml  # noqa: F401  - first: holds the zlib-before-paddle guard
 
 from . import layers as _layers  # noqa: F401  (registers the built-in layers)
 from .adapter import backend

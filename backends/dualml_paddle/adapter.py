@@ -1,7 +1,6 @@
 """``PaddleBackend``: tensors, weights, hooks and autograd for paddle (dygraph)."""
 from __future__ import annotations
 
-import zlib  # noqa: F401  - before paddle, see __init__
 from collections.abc import Callable
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any

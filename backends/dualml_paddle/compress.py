@@ -10,7 +10,6 @@ code, so both backends build the identical pruned model.
 from __future__ import annotations
 
 import logging
-import zlib  # noqa: F401  - before paddle, see __init__
 from typing import Any
 
 import numpy as np

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import zlib  # noqa: F401  - before paddle, see __init__
 from typing import Any
 
 import numpy as np

@@ -53,8 +53,9 @@ class PaddleExport:
 
 def _paddle2onnx(model_file: str, params_file: str, path: str, opset: int, what: str) -> None:
     """Run paddle2onnx in a child process: on an unsupported operator it aborts its whole process
-    (SIGABRT), which must not take the user's command down. Its log names the operator."""
-    code = ("import zlib, sys, paddle2onnx; paddle2onnx.export(sys.argv[1], sys.argv[2], save_file=sys.argv[3], "
+    (SIGABRT), which must not take the user's command down. Its log names the operator. The child
+    imports ``dualml`` first for its zlib-before-paddle guard (``dualml/__init__``)."""
+    code = ("import dualml, sys, paddle2onnx; paddle2onnx.export(sys.argv[1], sys.argv[2], save_file=sys.argv[3], "
             "opset_version=int(sys.argv[4]), auto_upgrade_opset=False, verbose=False, enable_onnx_checker=True)")
     proc = subprocess.run([sys.executable, "-c", code, model_file, params_file, path, str(opset)],
                           capture_output=True, text=True)

@@ -39,7 +39,6 @@ import copy
 import logging
 import os
 import tempfile
-import zlib  # noqa: F401  - before paddle, see __init__
 from typing import Any
 
 import numpy as np

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-import zlib  # noqa: F401  - before paddle, see __init__
 from contextlib import AbstractContextManager
 from typing import Any
 

@@ -386,8 +386,6 @@ def _train(trainer: Any, steps: int, after: Any = None) -> list[float]:
 def measure_worker(cfg: DictConfig, plan: dict[str, Any], steps: int) -> dict[str, Any]:
     """Run in a fresh process: imports, warm-up, baseline, then data + Trainer + ``steps`` steps;
     returns RSS figures in bytes (module docstring)."""
-    import zlib  # noqa: F401  - before paddle (see STACK.md)
-
     t0 = time.perf_counter()
     start = _status()
     from ..backend import get_backend
