@@ -9,6 +9,7 @@ import pytest
 from dualml.cli.log import result, say, warn
 from dualml.cli.main import MODULES, main
 from dualml.errors import DualmlWarning
+from dualml.testing import selected_backends
 
 #: glog's line prefix (``I1203 21:30:49.583518 31902 file.cc:212] ...``) and Python's warning format
 GLOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d", re.M)
@@ -19,7 +20,7 @@ def _dualml(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dualml", *args], capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("backend", ["torch", "paddle"])
+@pytest.mark.parametrize("backend", selected_backends())
 def test_train_prints_no_framework_chatter_and_keeps_it_in_the_run_log(backend, tmp_path):
     run = tmp_path / "run"
     out = _dualml("train", f"backend={backend}", "model=cnn", "trainer.max_steps=3", f"trainer.run_dir={run}")
@@ -35,7 +36,7 @@ def test_train_prints_no_framework_chatter_and_keeps_it_in_the_run_log(backend, 
 def test_export_prints_no_framework_chatter(tmp_path):
     """torch's exporter warns (LeafSpec FutureWarning) and paddle's glog announces its executor on every
     export: neither reaches the terminal, the export's log keeps the Python ones."""
-    for backend in ("torch", "paddle"):
+    for backend in selected_backends():
         onnx = tmp_path / f"m-{backend}.onnx"
         out = _dualml("export", f"backend={backend}", "model=mlp", f"out={onnx}")
         assert out.returncode == 0, out.stderr[-2000:]
@@ -46,7 +47,7 @@ def test_export_prints_no_framework_chatter(tmp_path):
 
 def test_quiet_leaves_the_answer_only(tmp_path):
     run = tmp_path / "run"
-    out = _dualml("-q", "train", "backend=torch", "model=mlp", "trainer.max_steps=3", f"trainer.run_dir={run}")
+    out = _dualml("-q", "train", f"backend={selected_backends()[0]}", "model=mlp", "trainer.max_steps=3", f"trainer.run_dir={run}")
     assert out.returncode == 0 and out.stderr == "", out.stderr[-2000:]  # no bar, no summary line
     assert out.stdout.startswith(f"run folder: {run}")
 
