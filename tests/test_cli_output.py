@@ -47,7 +47,8 @@ def test_export_prints_no_framework_chatter(tmp_path):
 
 def test_quiet_leaves_the_answer_only(tmp_path):
     run = tmp_path / "run"
-    out = _dualml("-q", "train", f"backend={selected_backends()[0]}", "model=mlp", "trainer.max_steps=3", f"trainer.run_dir={run}")
+    out = _dualml("-q", "train", f"backend={selected_backends()[0]}", "model=mlp", "trainer.max_steps=3",
+                  f"trainer.run_dir={run}")
     assert out.returncode == 0 and out.stderr == "", out.stderr[-2000:]  # no bar, no summary line
     assert out.stdout.startswith(f"run folder: {run}")
 
