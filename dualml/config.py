@@ -20,10 +20,39 @@ def config_dir() -> Path:
     """$DUALML_CONFIG_DIR, else ./configs, else the configs/ folder of this source tree, else the copy
     an installed package carries (``dualml/_configs``, see setup.py)."""
     pkg = Path(__file__).resolve().parent
-    for candidate in (os.environ.get("DUALML_CONFIG_DIR"), "configs", pkg.parent / "configs", pkg / "_configs"):
-        if candidate and (Path(candidate) / "config.yaml").is_file():
+    explicit = os.environ.get("DUALML_CONFIG_DIR")
+    if explicit:
+        if not (Path(explicit) / "config.yaml").is_file():
+            raise ConfigError(f"DUALML_CONFIG_DIR={explicit} is not allowed; it holds no config.yaml")
+        return Path(explicit)
+    for candidate in ("configs", pkg.parent / "configs", pkg / "_configs"):
+        if (Path(candidate) / "config.yaml").is_file() and _is_dualml_dir(Path(candidate)):
             return Path(candidate)
     raise ConfigError("no configs/config.yaml found; run from the repository or set DUALML_CONFIG_DIR")
+
+
+def _is_dualml_dir(root: Path) -> bool:
+    """Whether ``root`` is a dualml config folder, not another project's ``configs/`` (Hydra's default
+    layout uses the same names) met in the working directory: it must have dualml's group folders."""
+    return all((root / group).is_dir() for group in ("model", "data", "trainer"))
+
+
+def load_yaml(path: Path, what: str = "a mapping of config keys") -> DictConfig:
+    """One config file as a mapping; a malformed file, or a list or scalar where a mapping belongs, is a
+    one-line ConfigError naming the file (OmegaConf's own errors are multi-line parser dumps)."""
+    try:
+        node = OmegaConf.load(path)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} cannot be read: {exc}") from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path} holds a {type(node).__name__.replace('Config', '').lower() or 'value'}; "
+                          f"allowed: {what}")
+    return node
 
 
 def _choices(root: Path, group: str) -> list[str]:
@@ -35,6 +64,11 @@ def _parse(overrides: Sequence[str]) -> list[tuple[str, str]]:
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"argument '{item}' is not allowed; arguments are key=value (e.g. backend=paddle)")
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the locale could not decode arrive as surrogates (PEP 383)
+            raise ConfigError(f"argument {ascii(item)} is not allowed; it holds bytes that are not UTF-8 "
+                              "(allowed: UTF-8 text)") from None
         key, value = item.split("=", 1)
         out.append((key.strip(), value))
     return out
@@ -84,8 +118,12 @@ def load_config(overrides: Sequence[str] = (), root: str | os.PathLike | None = 
     stays ``auto`` here: the command line resolves it (``dualml.cli.auto``) before a command runs, because
     resolving may run a benchmark, which a config loader must not."""
     root = Path(root) if root else config_dir()
-    base = OmegaConf.load(root / "config.yaml")
-    defaults = dict(base.pop("defaults", {}))
+    base = load_yaml(root / "config.yaml")
+    defaults = base.pop("defaults", {})
+    if not isinstance(defaults, DictConfig):
+        raise ConfigError(f"{root / 'config.yaml'}: defaults={defaults!r} is not allowed; allowed: a mapping "
+                          f"group: file, e.g. model: mlp")
+    defaults = dict(defaults)
     pairs = _parse(overrides)
     rest = []
     for key, value in pairs:
@@ -97,7 +135,7 @@ def load_config(overrides: Sequence[str] = (), root: str | os.PathLike | None = 
         path = root / group / f"{name}.yaml"
         if not path.is_file():
             raise ConfigError(not_allowed(group, name, _choices(root, group)))
-        base[group] = OmegaConf.load(path)
+        base[group] = load_yaml(path)
     _apply_model_recipe(base, root / "model" / f"{defaults.get('model')}.yaml")
     for key, value in rest:
         old = _check_key(base, key)
@@ -110,6 +148,9 @@ def load_config(overrides: Sequence[str] = (), root: str | os.PathLike | None = 
                 new = float(new)
             except ValueError:
                 pass
+        expected = NULL_DEFAULT_TYPES.get(key)
+        if (expected is str or isinstance(old, str)) and isinstance(new, (int, float)) and not isinstance(new, bool):
+            new = value  # trainer.run_dir=5 names a folder "5": a string key keeps the text as typed
         _check_type(key, OmegaConf.to_object(old) if isinstance(old, (DictConfig, ListConfig)) else old, new)
         OmegaConf.update(base, key, new, merge=False)
     validate(base)
@@ -148,8 +189,53 @@ def _apply_model_recipe(base: DictConfig, path: Path) -> None:
         OmegaConf.update(base, key, value, merge=False)
 
 
+#: the type of each key whose shipped default is null, which a default cannot tell (checked in validate)
+NULL_DEFAULT_TYPES: dict[str, type] = {
+    "trainer.max_steps": int, "trainer.clip_norm": float, "trainer.amp": str, "trainer.run_dir": str,
+    "parity.only": str, "export.checkpoint": str, "export.out": str, "export.opset": int, "predict.model": str,
+    "predict.input": str, "predict.output": str, "serve.model": str, "serve.name": str, "serve.token": str,
+    "decide.bench": str, "estimate.samples": int, "compress.checkpoint": str,
+}
+#: numeric keys and their smallest allowed value: a zero batch or step count fails deep inside a loop
+#: (``range() arg 3 must not be zero``) instead of here with the key's name
+MINIMUMS: dict[str, float] = {
+    "seed": 0, "trainer.epochs": 0, "trainer.max_steps": 1, "trainer.accumulate": 1, "trainer.eval_batch_size": 1,
+    "trainer.checkpoint_every": 0, "trainer.devices": 1, "trainer.early_stopping.patience": 0,
+    "trainer.optimizer.lr": 0, "trainer.optimizer.weight_decay": 0, "trainer.optimizer.momentum": 0,
+    "trainer.optimizer.eps": 0, "trainer.schedule.warmup_steps": 0, "trainer.clip_norm": 0,
+    "data.batch_size": 1, "export.verify_batch": 1, "export.calib_batches": 1, "export.opset": 7,
+    "bench.repeats": 1, "bench.warmup": 0, "bench.min_seconds": 0, "bench.threads": 1, "bench.calib_batches": 1,
+    "estimate.steps": 1, "estimate.samples": 1, "estimate.margin": 0,
+}
+#: of those, the ones that must be strictly greater than their minimum
+EXCLUSIVE = ("trainer.optimizer.lr", "trainer.optimizer.eps", "trainer.clip_norm")
+_KIND = {int: "an integer", float: "a number", str: "a string"}
+
+
+def _check_typed_nulls(cfg: DictConfig) -> None:
+    for key, kind in NULL_DEFAULT_TYPES.items():
+        value = OmegaConf.select(cfg, key)
+        ok = value is None or (isinstance(value, kind) and not isinstance(value, bool)) or (
+            kind is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            raise ConfigError(f"{key}={value!r} is not allowed; allowed: null or {_KIND[kind]}")
+
+
+def _check_minimums(cfg: DictConfig) -> None:
+    for key, low in MINIMUMS.items():
+        value = OmegaConf.select(cfg, key)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue  # absent, null or not a number: the type checks speak for those
+        if value < low or (key in EXCLUSIVE and value <= low) or value != value:
+            bound = f"> {low:g}" if key in EXCLUSIVE else f">= {low:g}"
+            raise ConfigError(f"{key}={value!r} is not allowed; allowed: {bound}")
+
+
 def validate(cfg: DictConfig) -> None:
     from .backend import available_backends
+
+    _check_typed_nulls(cfg)
+    _check_minimums(cfg)
 
     # only `backend` can be auto: parity.against names the second backend explicitly
     for key, allowed in (("backend", [*available_backends(), "auto"]), ("parity.against", available_backends())):

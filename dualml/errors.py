@@ -18,6 +18,26 @@ class DualmlWarning(UserWarning):
     and keeps the frameworks' own warnings out of the terminal)."""
 
 
+class UserCodeError(DualmlError):
+    """The user's own code (a ``data.hook``, a custom layer) raised: the message names that code, the
+    exception and where it was raised; the original stays as ``__cause__`` (``dualml -v`` prints its
+    traceback)."""
+
+    @classmethod
+    def wrap(cls, what: str, exc: BaseException) -> UserCodeError:
+        """``what`` raised ``exc``: one line with the innermost frame of the traceback (the user's line)."""
+        import traceback
+
+        frames = traceback.extract_tb(exc.__traceback__)
+        if isinstance(exc, SyntaxError) and exc.filename:
+            at = f" at {exc.filename}:{exc.lineno}"
+        else:
+            at = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        return cls(f"{what} raised {type(exc).__name__}{': ' + message if message else ''}{at} "
+                   "(your code, not dualml's; run with -v for the traceback)")
+
+
 class ConfigError(DualmlError, ValueError):
     """A config key or value that does not exist or is not allowed."""
 

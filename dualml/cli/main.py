@@ -9,16 +9,18 @@ their defaults and the comment next to each key in configs/*.yaml as its one-lin
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..config import GROUPS, config_dir, load_config
-from ..errors import DualmlError, did_you_mean
+from ..config import GROUPS, config_dir, load_config, load_yaml
+from ..errors import DualmlError, UserCodeError, did_you_mean
 from ..version import __version__
 from . import bench, compress, curves, decide, demo, estimate, export, layout, log, parity, predict, serve, train
 from . import config as config_cmd
@@ -92,7 +94,7 @@ def keys_help(keys: Sequence[str] | None) -> str:
     except DualmlError as exc:  # a broken config still gets help, with the reason
         return f"config keys: unavailable ({exc})"
     docs = yaml_comments((root / "config.yaml").read_text())
-    base = OmegaConf.load(root / "config.yaml")
+    base = load_yaml(root / "config.yaml")
     chosen = dict(base.get("defaults", {}))
     rows: list[tuple[str, str, str]] = []
     wanted = list(keys) if keys is not None else [k for k in cfg.keys()]
@@ -150,7 +152,7 @@ def _expand(command: str, overrides: list[str]) -> list[str]:
     section = getattr(MODULES[command], "SECTION", None)
     if section is None:
         return overrides
-    keys = set(OmegaConf.load(config_dir() / "config.yaml").get(section, {}).keys())
+    keys = set(load_yaml(config_dir() / "config.yaml").get(section, {}).keys())
     out = []
     for item in overrides:
         key = item.split("=", 1)[0]
@@ -163,6 +165,9 @@ def _expand(command: str, overrides: list[str]) -> list[str]:
     return out
 
 
+#: file-system refusals that are the environment's answer, not dualml's bug: one line, exit 2
+FILE_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENOENT,
+               errno.EEXIST, errno.EDQUOT, errno.ENAMETOOLONG, errno.EMFILE, errno.ENOTEMPTY}
 #: the verbosity flags, accepted before or after the command (key=value items never look like them)
 FLAGS = {"-q": log.QUIET, "--quiet": log.QUIET, "-v": log.VERBOSE, "--verbose": log.VERBOSE}
 
@@ -182,8 +187,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return _run(argv)
         except DualmlError as exc:
+            if isinstance(exc, UserCodeError) and exc.__cause__ is not None:  # the user's traceback: log, -v
+                trace = "".join(traceback.format_exception(exc.__cause__)).rstrip()
+                session.memory.lines.append(trace)
+                if verbosity >= log.VERBOSE:
+                    print(trace, file=sys.stderr)
             print(f"error: {exc}", file=sys.stderr)
             session.memory.lines.append(f"error: {exc}")
+            return 2
+        except OSError as exc:
+            if exc.errno not in FILE_ERRNOS:
+                if verbosity >= log.VERBOSE:
+                    raise
+                print(session.failure(exc), file=sys.stderr)
+                return 1
+            # the file system said no (full disk, read-only, a file where a folder belongs): not a bug
+            print(f"error: {exc.filename or 'a file'}: {exc.strerror or exc}", file=sys.stderr)
+            session.memory.lines.append(f"error: {exc!r}")
             return 2
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from ..errors import DualmlError
 from ..onnx.serve import TOKEN_ENV, int_setting, start_server
-from .log import result, say, warn
+from .log import result, warn
 
 #: the one-line description in ``dualml --help``
 HELP = 'serve an ONNX model over HTTP with request batching: `dualml serve model.onnx`'
@@ -61,6 +61,6 @@ def cmd_serve(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
         server.shutdown()
         thread.join(5)
     c = server.counts()
-    say(f"stopped: {c['requests_served']} requests served, {c['requests_rejected']} rejected, "
+    result(f"stopped: {c['requests_served']} requests served, {c['requests_rejected']} rejected, "
         f"{c['batches_run']} batches (mean batch size {c['mean_batch_size']:.2f})")
     return 0

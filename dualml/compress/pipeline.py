@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, did_you_mean, not_allowed
+from ..errors import ConfigError, check_keys, did_you_mean, not_allowed
 from ..module import Module, named_leaves
 
 #: pass -> its keys with defaults (None: required or optional as the pass says)
@@ -71,11 +71,21 @@ class State:
 
 
 # ----------------------------------------------------------------------------- validation
+#: the keys of a compress file (configs/compress/*.yaml); what each pass takes is checked per step
+SPEC_KEYS = ("name", "checkpoint", "latency_repeats", "steps")
+
+
 def parse_steps(spec: Any, model: Module, backend: str) -> list[Step]:
     """Validate the ``compress`` config against the model and backend; one clear error, up front."""
     from omegaconf import OmegaConf
 
     raw = OmegaConf.to_container(spec, resolve=True) if not isinstance(spec, (dict, list)) else spec
+    if isinstance(raw, dict):
+        check_keys("compress", raw, SPEC_KEYS, " (pass settings go in compress.steps.N)")
+        repeats = raw.get("latency_repeats", 1)
+        if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+            raise ConfigError(f"compress.latency_repeats={repeats!r} is not allowed; allowed: an integer >= 1 "
+                              "(interleaved ONNX Runtime repeats per stage)")
     steps_raw = raw.get("steps") if isinstance(raw, dict) else None
     if not isinstance(steps_raw, list) or not steps_raw:
         raise ConfigError("compress.steps must be a non-empty list of {pass: NAME, ...} entries; allowed passes: "

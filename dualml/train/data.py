@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, check_keys, did_you_mean, not_allowed
+from ..errors import ConfigError, UserCodeError, check_keys, did_you_mean, not_allowed
 
 
 @dataclass
@@ -136,14 +136,21 @@ def _hook(spec: str) -> Any:
     mod_name, fn_name = spec.split(":")
     try:
         mod = importlib.import_module(mod_name)
-    except ImportError as exc:
-        raise ConfigError(f"data.hook={spec} is not allowed; cannot import module '{mod_name}' ({exc})") from exc
+    except ModuleNotFoundError as exc:
+        if exc.name and mod_name.startswith(exc.name):  # the hook's own module (or its package) is missing
+            raise ConfigError(f"data.hook={spec} is not allowed; cannot import module '{mod_name}' ({exc})") from exc
+        raise UserCodeError.wrap(f"data.hook={spec} (importing {mod_name})", exc) from exc
+    except Exception as exc:  # a syntax error or a failure at import time in the user's module
+        raise UserCodeError.wrap(f"data.hook={spec} (importing {mod_name})", exc) from exc
     fn = getattr(mod, fn_name, None)
     if not callable(fn):
         names = [n for n in dir(mod) if not n.startswith("_") and callable(getattr(mod, n))]
         raise ConfigError(f"data.hook={spec} is not allowed; module '{mod_name}' has no function '{fn_name}'"
                           f"{did_you_mean(fn_name, names)}")
-    out = fn()
+    try:
+        out = fn()
+    except Exception as exc:
+        raise UserCodeError.wrap(f"data.hook={spec}", exc) from exc
     if isinstance(out, Dataset):
         return out
     if isinstance(out, tuple) and len(out) == 2:
@@ -162,6 +169,11 @@ def _clean(where: str, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
     # copy=False: a source already in the final dtype is not duplicated while loading
     if np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float32, copy=False)
+        bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+        if len(bad):  # one NaN row turns every metric into NaN, or silently into a wrong number
+            rows = ", ".join(str(int(i)) for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
+            raise ConfigError(f"{where}: {len(bad)} sample(s) hold NaN or inf (rows {rows}, after float32 "
+                              "conversion); allowed: finite values (drop or impute those rows first)")
     elif np.issubdtype(x.dtype, np.integer):
         x = x.astype(np.int64, copy=False)
     else:

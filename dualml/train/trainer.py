@@ -151,6 +151,10 @@ class Trainer:
         self.batch_size = int(data_cfg.get("batch_size", 64))
         self.loader = Loader(self.data.train, self.batch_size, shuffle=True, seed=cfg.seed,
                              drop_last=True, rank=self.rank, world_size=self.world_size)
+        if len(self.loader) < self.accumulate:  # not one optimizer step per epoch: the loop would find no batch
+            n, most = len(self.data.train.y), len(self.data.train.y) // self.accumulate
+            raise ConfigError(f"data.batch_size={self.batch_size} is not allowed with a train split of {n} samples"
+                              f" and trainer.accumulate={self.accumulate}; allowed: data.batch_size <= {most}")
         self.steps_per_epoch = max(1, len(self.loader) // self.accumulate)
         self.total_steps = int(self.t.max_steps) if self.t.max_steps else int(self.t.epochs) * self.steps_per_epoch
         from .schedules import check_schedule, schedule
@@ -213,7 +217,12 @@ class Trainer:
         if run.exists():
             raise DualmlError(f"run folder {run} already exists; choose another trainer.run_dir or continue it "
                               "with trainer.resume=true (nothing was overwritten)")
-        run.mkdir(parents=True)
+        try:
+            run.mkdir(parents=True)
+        except OSError as exc:  # read-only place, a parent that is a file, no space...
+            raise ConfigError(f"trainer.run_dir={run} is not allowed; it cannot be created ({exc.strerror or exc}"
+                              f"{': ' + str(exc.filename) if exc.filename and str(exc.filename) != str(run) else ''})"
+                              "; allowed: a folder in a writable place") from None
         self.run_dir = run
         atomic_write_text(run / "config.yaml", OmegaConf.to_yaml(self.cfg))
 
