@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .backend import Backend, from_canonical, get_backend, layer_impl, same, to_canonical
-from .errors import BackendError, ConfigError, DualmlError, LayerInputError, WeightsError, not_allowed
+from .errors import BackendError, ConfigError, DualmlError, LayerInputError, UserCodeError, WeightsError, not_allowed
 from .layers import Layer
 from .module import Buffer, Module, ModuleList, Parameter, Sequential, init_weights, join, manifest
 
@@ -51,7 +51,17 @@ def _native_class(be: Backend, cls: type, root: bool) -> type:
 
 def _build_node(node: Module | Layer, be: Backend, root: bool = False) -> Any:
     if isinstance(node, Layer):
-        leaf = layer_impl(be.name, node).build(node)
+        impl = layer_impl(be.name, node)
+        try:
+            leaf = impl.build(node)
+        except DualmlError:
+            raise
+        except Exception as exc:
+            owner = getattr(impl.build, "__module__", "") or ""
+            if owner.split(".")[0] in ("dualml", "dualml_torch", "dualml_paddle"):
+                raise  # dualml's own builder failing is dualml's bug: the traceback is the report
+            raise UserCodeError.wrap(f"the {be.name} builder of layer {node.kind} "
+                                     f"({owner}.{getattr(impl.build, '__qualname__', impl.build)!s})", exc) from exc
         object.__setattr__(leaf, "_dualml_spec", node)
         return leaf
     if type(node) in (Sequential, ModuleList):

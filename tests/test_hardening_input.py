@@ -174,3 +174,26 @@ def test_the_installed_command_refuses_bad_input_without_a_traceback(tmp_path):
                          text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 2 and out.stderr.startswith("error: trainer.max_steps='abc' is not allowed")
     assert "Traceback" not in out.stderr
+
+
+def test_a_custom_layer_whose_builder_raises_names_the_layer_and_the_builder():
+    import dualml
+    from dualml import nn
+    from dualml.backend import _IMPLS
+
+    class Gate(nn.Layer):
+        def params(self):
+            return {}
+
+    def build_gate(spec):
+        raise KeyError("n_units")
+
+    dualml.register_layer(Gate, BACKEND, build=build_gate)
+    try:
+        with pytest.raises(UserCodeError) as e:
+            dualml.build(nn.Sequential(Gate()), BACKEND)
+    finally:
+        _IMPLS.pop((BACKEND, Gate), None)
+    msg = str(e.value)
+    assert f"the {BACKEND} builder of layer Gate" in msg and "build_gate" in msg and "raised KeyError" in msg
+    assert "test_hardening_input.py:" in msg
