@@ -540,14 +540,14 @@ def markdown(report: dict[str, Any]) -> str:
     names, ref = list(report["backends"]), report.get("reference", REFERENCE)  # older reports: torch, paddle
     others = [b for b in names if b != ref]
     be, m = report["backends"], report["machine"]
-    faster = "; ".join(f"{o}/{ref} < 1: {o} is faster" for o in others) or "one backend, no ratios"
+    faster = ("; ".join(f"{o}/{ref} < 1: {o} is faster" for o in others)
+              + "; the per-round ratio's p10-p90 shows whether a difference stands above the noise." if others else "")
     # one ratio: the spread column keeps its short name (the README cites the two-backend table)
     spread_head = ["round ratio p10-p90"] if len(others) == 1 else [f"round {o}/{ref} p10-p90" for o in others]
     head = [f"{b} ms" for b in names] + [h for o, sh in zip(others, spread_head) for h in (f"{o}/{ref}", sh)]
     lines = [f"# dualml bench: {report['model']} on {report['data']} ({report['created']})", "",
              f"Median ms per call over {report['repeats']} interleaved rounds (p10-p90); "
-             f"{report['settings']['threads']} intra-op thread(s) per engine. {faster}; "
-             "the per-round ratio's p10-p90 shows whether a difference stands above the noise.", "",
+             f"{report['settings']['threads']} intra-op thread(s) per engine. {faster}".rstrip(), "",
              "| measurement | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
 
     def cell(s: dict[str, float] | None) -> str:
