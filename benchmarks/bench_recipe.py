@@ -204,10 +204,9 @@ def worker(spec: dict[str, Any]) -> None:
     import dualml
 
     warnings.filterwarnings("ignore", category=UserWarning)  # paddle's BatchNorm "always track" notice
-    dualml.get_backend(spec["backend"])  # import the framework (paddle after zlib) before training
-    if spec["threads"] and spec["backend"] == "torch":
-        import torch
-        torch.set_num_threads(spec["threads"])
+    be = dualml.get_backend(spec["backend"])  # import the framework (paddle after zlib) before training
+    if spec["threads"]:
+        be.set_threads(spec["threads"])
     runs = [train_one(spec["backend"], s, spec["nudge"], spec["set"])
             for s in tqdm(spec["seeds"], desc=f"bench_recipe {spec['label']}", unit="run", file=sys.stderr)]
     atomic_write(Path(spec["out"]), json.dumps({"runs": runs, "threads": threads(spec["backend"])}).encode())

@@ -512,10 +512,9 @@ def worker(args: argparse.Namespace) -> None:
     """One backend in this process: every model, every comparison, as JSON."""
     backend = args.worker
     warnings.filterwarnings("ignore", category=UserWarning)  # paddle's BatchNorm "always track" notice
-    dualml.get_backend(backend)  # import the framework (paddle after zlib) before timing anything
-    if args.threads and backend == "torch":
-        import torch
-        torch.set_num_threads(args.threads)
+    be = dualml.get_backend(backend)  # import the framework (paddle after zlib) before timing anything
+    if args.threads:
+        be.set_threads(args.threads)
     results: dict[str, Any] = {}
     for m in tqdm(args.models, desc=f"bench_trainer {backend}", unit="model", file=sys.stderr):
         results[m] = {"train_step": bench_train_step(backend, m, args.blocks, args.block_steps, args.warmup),

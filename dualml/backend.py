@@ -9,9 +9,10 @@ neutral routine here, so the two adapters share no conversion code.
 from __future__ import annotations
 
 import importlib
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -145,10 +146,52 @@ def registered_layers() -> list[type[Layer]]:
     return list(seen)
 
 
+@dataclass
+class StepPlan:
+    """What every optimizer step of one run works on, fixed when the Trainer is built
+    (``dualml.train.trainer.Trainer``) and handed to :meth:`Backend.train_step` each step."""
+
+    #: the model the forward runs through (the DDP / DataParallel wrapper when data parallel)
+    net: Any
+    #: the unwrapped model, whose gradients are unscaled and clipped
+    module: Any
+    opt: Any
+    #: parameter groups (``dualml.train.optim``), for the per-group learning rate
+    groups: list[Any]
+    #: ``loss(logits, labels, x)`` replacing cross-entropy (distillation gets the numpy batch ``x``); None: CE
+    loss: Callable[[Any, Any, np.ndarray], Any] | None = None
+    amp: str | None = None
+    clip_norm: float | None = None
+    world_size: int = 1
+
+
+@dataclass
+class StepResult:
+    """One optimizer step as the Trainer logs it. ``loss``/``acc`` are means over the micro-batches (and
+    ranks); a non-finite ``loss`` means the update was not applied (the Trainer stops there).
+    ``finite=False``: fp16 gradients overflowed, the update was skipped. ``grad_norm`` is NaN unless
+    clipping computed it."""
+
+    loss: float
+    acc: float
+    grad_norm: float = float("nan")
+    finite: bool = True
+
+
 class Backend(ABC):
-    """One framework's adapter. Everything here is small and framework-specific by nature."""
+    """One framework's adapter: everything the neutral core asks of a framework, and nothing else.
+
+    The core reaches a framework only through these members (the import-linter contract forbids
+    anything else), so a third framework is one more subclass. Members with a default either work
+    for any framework written in the usual eager style (:meth:`hooks`, :meth:`train_step`) or say in one
+    line that the feature is missing on this backend (quantization, filter selection, export)."""
 
     name: str
+    #: the framework's version, written into ONNX metadata and bench reports
+    version: str
+    #: export paths :meth:`export_onnx` accepts besides ``auto`` (``export.exporter``), e.g. torch's
+    #: ``dynamo``/``torchscript``; empty: no ONNX export
+    exporters: tuple[str, ...] = ()
     #: ``torch.nn.Module`` / ``paddle.nn.Layer``: the base of generated composite classes
     module_base: type
     #: the op namespace bound as ``self.F`` in every built model (see ``dualml.ops.OPS``)
@@ -195,9 +238,28 @@ class Backend(ABC):
         """Cast floating parameters and buffers in place (e.g. 'float64' for exact-math checks)."""
 
     @abstractmethod
+    def add_hook(self, layer: Any, when: str, fn: Callable[..., Any]) -> Any:
+        """Register ``fn(layer, inputs)`` (``when='pre'``) or ``fn(layer, inputs, output)`` (``'post'``; a
+        returned value replaces the output) as a forward hook of a native layer; returns the framework's
+        handle, which has ``remove()``. The one framework-specific piece of :meth:`hooks`."""
+
+    @contextmanager
     def hooks(self, leaves: dict[str, Any], pre: Callable[[str, tuple], None] | None = None,
-              post: Callable[[str, Any], None] | None = None) -> AbstractContextManager:
-        """Context manager installing forward pre/post hooks on ``leaves`` (path -> native layer)."""
+              post: Callable[[str, Any], Any] | None = None) -> Iterator[None]:
+        """Forward pre/post hooks on ``leaves`` (path -> native layer), called as ``pre(path, inputs)`` and
+        ``post(path, output)``, removed on exit. Written once here: tracing (FLOPs, pruning, BN folding),
+        first-divergence search and error localisation all see the same calls on every backend."""
+        handles = []
+        for path, layer in leaves.items():
+            if pre:
+                handles.append(self.add_hook(layer, "pre", lambda m, inp, p=path: pre(p, inp)))
+            if post:
+                handles.append(self.add_hook(layer, "post", lambda m, inp, out, p=path: post(p, out)))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
     @abstractmethod
     def no_grad(self) -> AbstractContextManager: ...
@@ -274,6 +336,60 @@ class Backend(ABC):
     @abstractmethod
     def item(self, tensor: Any) -> float: ...
 
+    def train_step(self, plan: StepPlan, batches: list[tuple[np.ndarray, np.ndarray]], lr: float,
+                   seed: int | None, scale: float | None) -> StepResult:
+        """One optimizer step over ``batches`` (the micro-batches of gradient accumulation) at rate ``lr``.
+
+        ``seed``: re-seed the framework's RNG first (None: something else keeps it; the Trainer passes
+        one only when a layer draws random numbers). ``scale``: the fp16 loss scale (None: no scaling).
+
+        This default is the tape-based step every eager framework with ``loss.backward()`` shares:
+        forward and loss per micro-batch (under :meth:`autocast`), backward of the scaled loss, then
+        unscale and check (fp16), clip, update. An adapter whose framework differentiates functions
+        instead (``value_and_grad``) overrides this one method; the Trainer around it (schedule,
+        logging, checkpoints, divergence) stays the same. The update is not applied when the loss is
+        not finite, so the last good state is what the Trainer keeps."""
+        self.set_lr(plan.opt, lr, plan.groups)
+        if seed is not None:
+            self.seed(seed)
+        loss_sum, correct, seen = 0.0, 0, 0
+        weight = (scale if scale is not None else 1.0) / len(batches)
+        for x, y in batches:
+            if plan.amp is None:  # entering even a null context costs ~1% of an mlp step
+                logits, loss = self._forward_loss(plan, x, y)
+            else:
+                with self.autocast(plan.amp):
+                    logits, loss = self._forward_loss(plan, x, y)
+            self.backward_scaled(loss, weight)
+            loss_sum += self.item(loss) / len(batches)
+            correct += int(np.count_nonzero(self.numpy(logits).argmax(1) == y))
+            seen += len(y)
+        acc = correct / max(seen, 1)
+        if plan.world_size > 1:  # each rank saw an equal shard: the global batch's mean is the mean
+            loss_sum, acc = self.all_reduce_mean([loss_sum, acc])
+        result = StepResult(loss_sum, acc)
+        if not math.isfinite(loss_sum):
+            return result
+        if scale is not None:
+            finite = self.unscale_grads(plan.module, 1.0 / scale)
+            if plan.world_size > 1:  # every rank must skip together or their weights part ways
+                finite = self.all_reduce_mean([float(finite)])[0] == 1.0
+            if not finite:  # overflow: no update this step
+                self.zero_grads(plan.opt)
+                result.finite = False
+                return result
+        # the global norm costs a reduction per tensor: computed (and logged) only when clipping
+        if plan.clip_norm is not None:
+            result.grad_norm = self.clip_grads(plan.module, plan.clip_norm)
+        self.optimizer_step(plan.opt)
+        return result
+
+    def _forward_loss(self, plan: StepPlan, x: np.ndarray, y: np.ndarray) -> tuple[Any, Any]:
+        # the Loader's batches are fresh arrays nobody writes to: no copy needed (torch shares them)
+        logits = plan.net(self.tensor(x, copy=False))
+        labels = self.tensor(y, copy=False)
+        return logits, (plan.loss(logits, labels, x) if plan.loss is not None else self.cross_entropy(logits, labels))
+
     @abstractmethod
     def optimizer_slots(self, opt: Any, module: Any, spec: Any) -> dict[str, dict[str, np.ndarray]]:
         """{slot: {native parameter name: array}} for the neutral slots of ``spec``."""
@@ -316,6 +432,23 @@ class Backend(ABC):
         exporter and what to try. Names, metadata and checks are added neutrally by dualml.onnx.export.
         """
         raise BackendError(f"backend={self.name} has no ONNX exporter")
+
+    # ------------------------------------------------------------------ threads, filter selection
+    @abstractmethod
+    def threads(self) -> int:
+        """Intra-op threads this process's framework computes with (recorded beside every timing)."""
+
+    @abstractmethod
+    def set_threads(self, n: int) -> int:
+        """Compute with ``n`` intra-op threads from now on; returns :meth:`threads`. The bench and estimate
+        workers call it so engines compare at the same thread count, not thread pools."""
+
+    def select_filters(self, net: Any, ratios: dict[str, float], method: str, inputs: Any) -> dict[str, Any]:
+        """The framework's own choice of conv filters to prune: {conv path: ``dualml.compress.prune.Selection``}
+        for ``ratios`` {conv path: ratio} by ``method`` (l1 | l2 | fpgm) on the built ``net``; ``inputs`` is
+        the traced input spec. Only the choice: dualml's neutral code removes the channels."""
+        raise BackendError(f"backend={self.name} has no filter-selection tool; allowed: prune selection=numpy "
+                           "(dualml's own l1 | l2 | fpgm on canonical weights)")
 
     # ------------------------------------------------------------------ quantization (dualml.compress.quantization)
     def quantize_dynamic(self, net: Any) -> Any:
@@ -396,3 +529,17 @@ def get_backend(name: str) -> Backend:
                            f"`pip install dualml[{name}]`") from exc
     _LOADED[name] = module.backend
     return module.backend
+
+
+def default_backend() -> str:
+    """The backend neutral passes trace on when the caller names none (FLOPs, BN folding, pruning's
+    dependency trace): the first of :func:`available_backends` whose framework imports, so torch where it
+    is installed (as before) and paddle on a paddle-only install. A pass given a configured backend
+    uses that one instead; this is only the fallback for library calls without one."""
+    reasons = []
+    for name in available_backends():
+        try:
+            return get_backend(name).name
+        except BackendError as exc:
+            reasons.append(str(exc))
+    raise BackendError("no backend can be imported: " + "; ".join(reasons))

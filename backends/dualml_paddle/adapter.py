@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ class PaddleBackend(PaddleTraining, PaddleDistributed, PaddleExport, PaddleCompr
                                "_cast_to_low_precison", "name", "_name", "_weight_attr", "_bias_attr",
                                "_param_attr", "could_use_cudnn", "_use_cudnn"})
     version = paddle.__version__
+    _threads: int | None = None
     float32_constants = FLOAT32_CONSTANTS
     module_base = paddle.nn.Layer
     ops = ops
@@ -84,20 +85,22 @@ class PaddleBackend(PaddleTraining, PaddleDistributed, PaddleExport, PaddleCompr
         # ``_dropout_state`` buffer and fails ("PreconditionNotMet ... memory's size is 0")
         module._to_impl(dtype=dtype, floating_only=True, include_sublayers=True)
 
-    @contextmanager
-    def hooks(self, leaves: dict[str, Any], pre: Callable | None = None,
-              post: Callable | None = None) -> AbstractContextManager:
-        handles = []
-        for path, layer in leaves.items():
-            if pre:
-                handles.append(layer.register_forward_pre_hook(lambda m, inp, p=path: pre(p, inp)))
-            if post:
-                handles.append(layer.register_forward_post_hook(lambda m, inp, out, p=path: post(p, out)))
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
+    def add_hook(self, layer: Any, when: str, fn: Callable[..., Any]) -> Any:
+        return layer.register_forward_pre_hook(fn) if when == "pre" else layer.register_forward_post_hook(fn)
+
+    def threads(self) -> int:
+        # paddle has no getter: what set_threads last set, else OMP_NUM_THREADS (paddle sets it, to 1 unless
+        # given, on import)
+        import os
+
+        return self._threads or int(os.environ.get("OMP_NUM_THREADS", "0"))
+
+    def set_threads(self, n: int) -> int:
+        # MKL / OpenBLAS / OpenMP threads of the CPU kernels (paddle.base.core.set_num_threads); paddle also
+        # reads OMP_NUM_THREADS at import, which is how the bench and estimate workers are started
+        paddle.base.core.set_num_threads(int(n))
+        self._threads = int(n)
+        return self.threads()
 
     def no_grad(self) -> AbstractContextManager:
         return paddle.no_grad()

@@ -24,6 +24,9 @@ OPSETS = {"paddle2onnx": (7, 16)}
 
 
 class PaddleExport:
+    #: ``export.exporter`` values besides auto (declared on dualml.backend.Backend)
+    exporters = tuple(OPSETS)
+
     def export_onnx(self, net: Any, sample: np.ndarray, path: str, opset: int | None, exporter: str) -> dict[str, Any]:
         import paddle2onnx
 

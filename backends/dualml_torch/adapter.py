@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -80,20 +80,15 @@ class TorchBackend(TorchTraining, TorchDistributed, TorchExport, TorchCompress, 
     def to_dtype(self, module: Any, dtype: str) -> None:
         module.to(getattr(torch, dtype))
 
-    @contextmanager
-    def hooks(self, leaves: dict[str, Any], pre: Callable | None = None,
-              post: Callable | None = None) -> AbstractContextManager:
-        handles = []
-        for path, layer in leaves.items():
-            if pre:
-                handles.append(layer.register_forward_pre_hook(lambda m, inp, p=path: pre(p, inp)))
-            if post:
-                handles.append(layer.register_forward_hook(lambda m, inp, out, p=path: post(p, out)))
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
+    def add_hook(self, layer: Any, when: str, fn: Callable[..., Any]) -> Any:
+        return layer.register_forward_pre_hook(fn) if when == "pre" else layer.register_forward_hook(fn)
+
+    def threads(self) -> int:
+        return int(torch.get_num_threads())
+
+    def set_threads(self, n: int) -> int:
+        torch.set_num_threads(int(n))
+        return self.threads()
 
     def no_grad(self) -> AbstractContextManager:
         return torch.no_grad()

@@ -36,6 +36,9 @@ def _reason(exc: BaseException) -> str:
 
 
 class TorchExport:
+    #: ``export.exporter`` values besides auto (declared on dualml.backend.Backend)
+    exporters = tuple(OPSETS)
+
     def export_onnx(self, net: Any, sample: np.ndarray, path: str, opset: int | None, exporter: str) -> dict[str, Any]:
         order = {"auto": ["dynamo", "torchscript"], "dynamo": ["dynamo"], "torchscript": ["torchscript"]}[exporter]
         x = torch.from_numpy(np.ascontiguousarray(sample))

@@ -94,13 +94,15 @@ def lowrank(model: Module, weights: dict[str, np.ndarray], rank: int | None = No
 
 
 # ----------------------------------------------------------------------------- Conv + BN folding
-def fold_bn(model: Module, weights: dict[str, np.ndarray], input_shape: tuple[int, ...] | None = None) -> Rewrite:
+def fold_bn(model: Module, weights: dict[str, np.ndarray], input_shape: tuple[int, ...] | None = None,
+            backend: str | None = None) -> Rewrite:
     """Fold every BatchNorm2d whose only input is a Conv2d output used by nothing else into that conv
     (inference form: W' = W * g/sqrt(v+eps), b' = (b - m) * g/sqrt(v+eps) + beta) and replace the
-    BatchNorm by Identity. The pairs are found by tracing one forward, not by names."""
+    BatchNorm by Identity. The pairs are found by tracing one forward, not by names, on ``backend``
+    (the configured one; None: :func:`dualml.backend.default_backend`): the result is the same on any."""
     from .measure import trace
 
-    tr = trace(model, input_shape, backend="torch", weights=weights)
+    tr = trace(model, input_shape, backend=backend, weights=weights)
     new = copy.deepcopy(model)
     out = dict(weights)
     res = Rewrite(new, out)

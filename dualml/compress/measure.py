@@ -126,18 +126,21 @@ def _tensors(value: Any, be: Any) -> list[Any]:
     return []
 
 
-def trace(model: Module | Layer, input_shape: Sequence[int] | None = None, backend: str = "torch",
+def trace(model: Module | Layer, input_shape: Sequence[int] | None = None, backend: str | None = None,
           weights: dict[str, np.ndarray] | None = None, seed: int = 0) -> Trace:
     """Run one eval-mode forward of ``model`` built on ``backend`` and record every leaf call.
+
+    ``backend``: the configured backend; None: :func:`dualml.backend.default_backend` (any installed
+    framework gives the same shapes and edges, so a paddle-only install traces on paddle).
 
     Each call's inputs are matched to the call that produced them by tensor *identity*: a tensor
     that came out of a ``self.F`` op (``x + identity``, ``F.relu``) matches no leaf (source None).
     Every output is kept alive until the trace ends so no id is reused.
     """
-    from ..backend import get_backend
+    from ..backend import default_backend, get_backend
     from ..build import build, native_leaves
 
-    be = get_backend(backend)
+    be = get_backend(backend or default_backend())
     spec = input_spec(model, input_shape)
     net = build(model, be.name, seed=seed, weights=weights)
     leaves = native_leaves(net)
@@ -215,8 +218,10 @@ def layer_macs(spec: Layer, inputs: Sequence[tuple[int, ...]], output: tuple[int
     return None
 
 
-def flops(model: Module | Layer, input_shape: Sequence[int] | None = None, backend: str = "torch") -> dict[str, Any]:
-    """MACs and FLOPs (= 2 * MACs) of one forward on ``input_shape`` (default ``model.input_spec(1)``).
+def flops(model: Module | Layer, input_shape: Sequence[int] | None = None,
+          backend: str | None = None) -> dict[str, Any]:
+    """MACs and FLOPs (= 2 * MACs) of one forward on ``input_shape`` (default ``model.input_spec(1)``),
+    traced on ``backend`` (None: :func:`dualml.backend.default_backend`).
 
     Returns ``{"macs", "flops", "params", "input_shape", "layers": [row, ...], "uncounted": [...]}``;
     a row is one leaf call: layer path, kind, input/output shapes, macs, flops. ``uncounted`` names

@@ -261,7 +261,7 @@ def _apply(step: Step, state: State, ctx: Context) -> tuple[State, dict[str, Any
         from .prune import prune_channels
 
         res = prune_channels(state.model, state.weights, p["ratio"], p["method"], p["layers"],
-                             backend=be if p["selection"] == "backend" else None)
+                             backend=be if p["selection"] == "backend" else None, trace_backend=be)
         if state.masks:
             raise ConfigError(f"compress.steps.{step.index}: structured pruning after sparsity masks is not "
                               "supported; prune channels first")
@@ -292,7 +292,7 @@ def _apply(step: Step, state: State, ctx: Context) -> tuple[State, dict[str, Any
             raise ConfigError(f"compress.steps.{step.index}: {step.name} after sparsity masks is not supported "
                               "(it would densify the masked weights)")
         res = (lowrank(state.model, state.weights, p["rank"], p["energy"], p["layers"]) if step.name == "lowrank"
-               else fold_bn(state.model, state.weights))
+               else fold_bn(state.model, state.weights, backend=ctx.backend))
         return State(res.model, res.weights), {"changed": res.changed, "skipped": res.skipped}
     if step.name == "finetune":
         w, info = _train(ctx, state, p["epochs"], p["lr"], batch_size=p["batch_size"])
@@ -368,7 +368,7 @@ def _measure(state: State, ctx: Context, path: Path) -> dict[str, Any]:
         get_backend(ctx.backend).export_quantized_onnx(state.qnet, sample, str(path))
     ran = onnx_logits(ort.session(path), test.x)
     ops = ort.op_histogram(path)
-    f = flops(state.model, (1, *test.x.shape[1:]))
+    f = flops(state.model, (1, *test.x.shape[1:]), ctx.backend)
     data = path.read_bytes()
     trainable = [k for k, v in manifest(state.model).items() if v.trainable]
     return {"params": count_params(state.model), "nonzero_params": nonzero_params(state.weights, trainable),

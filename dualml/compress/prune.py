@@ -214,7 +214,7 @@ def _leaks(tr: Trace, deps: Dependents, weights: dict[str, np.ndarray]) -> bool:
 
 
 def channel_dependents(model: Module, weights: dict[str, np.ndarray] | None = None,
-                       input_shape: Sequence[int] | None = None, backend: str = "torch",
+                       input_shape: Sequence[int] | None = None, backend: str | None = None,
                        layers: Iterable[str] | None = None) -> tuple[dict[str, Dependents], dict[str, str]]:
     """For every conv in ``layers`` (default: all convs): the layers that take its output channels,
     or why they cannot be followed. Returns (followable, refused {layer: reason}).
@@ -350,8 +350,6 @@ def _select(model: Module, weights: dict[str, np.ndarray], ratios: dict[str, flo
     from ..build import build
 
     be = get_backend(backend)
-    if not hasattr(be, "select_filters"):
-        raise BackendError(f"backend={be.name} has no filter-selection tool; use backend=None (numpy selection)")
     chosen = be.select_filters(build(model, be.name, weights=weights), ratios, method, spec)
     for path, r in ratios.items():
         n = weights[f"{path}.weight"].shape[0]
@@ -365,7 +363,8 @@ def _select(model: Module, weights: dict[str, np.ndarray], ratios: dict[str, flo
 
 def prune_channels(model: Module, weights: dict[str, np.ndarray], ratio: float | dict[str, float],
                    method: str = "l1", layers: Iterable[str] | None = None, backend: str | None = None,
-                   input_shape: Sequence[int] | None = None, verify: bool = True) -> PruneResult:
+                   input_shape: Sequence[int] | None = None, verify: bool = True,
+                   trace_backend: str | None = None) -> PruneResult:
     """Structured filter pruning that physically removes channels; returns a new model and weights.
 
     ``ratio``: fraction of filters removed per layer, in (0, 1), or {layer: ratio}; the count is
@@ -374,7 +373,9 @@ def prune_channels(model: Module, weights: dict[str, np.ndarray], ratio: float |
     conv2, for ``resnet18`` the first conv of every block; the others are listed in ``skipped``).
     A named layer that cannot be pruned is an error saying why. ``backend``: whose tool selects the
     filters (``torch``: torch.nn.utils.prune / torch.ao FPGM; ``paddle``: PaddleSlim); None: the
-    numpy selection here. Tracing runs on ``backend`` (torch when None). Every layer is scored on
+    numpy selection here. ``trace_backend``: where the dependency trace and the verification forward
+    run (default: ``backend``, else :func:`dualml.backend.default_backend`; a pipeline passes its configured
+    backend, so a paddle-only install never needs torch). Every layer is scored on
     its original weights (as PaddleSlim's prune_vars does), independently of the others.
     ``verify``: check that the pruned model computes what the original computes with the removed
     channels' consumer weights zeroed (one forward each).
@@ -396,7 +397,9 @@ def prune_channels(model: Module, weights: dict[str, np.ndarray], ratio: float |
                 what = f"is {all_leaves[name].kind}, not a conv" if name in all_leaves else "does not exist"
                 raise ConfigError(f"prune layer '{name}' {what}; allowed: {', '.join(convs)}"
                                   f"{did_you_mean(name, convs)}")
-    trace_backend = backend or "torch"
+    from ..backend import default_backend
+
+    trace_backend = trace_backend or backend or default_backend()
     spec = input_spec(model, input_shape)
     deps, refused = channel_dependents(model, weights, spec.shape, trace_backend, layers)
     if layers is not None and refused:

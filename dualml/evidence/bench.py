@@ -1,21 +1,21 @@
-"""``dualml bench model=cnn data=digits``: both backends measured side by side, as numbers a decision
-can be made from (``dualml decide`` reads ``<out_dir>/bench/latest.json``).
+"""``dualml bench model=cnn data=digits``: the backends (``bench.backends``, default torch and paddle)
+measured side by side, as numbers a decision can be made from (``dualml decide`` reads
+``<out_dir>/bench/latest.json``).
 
 Per backend: the Trainer's optimizer step on a fixed batch, eager and ONNX Runtime inference at batch 1
 and 64, peak memory, ONNX export (time, exporter, ORT-vs-eager difference), ORT INT8 quantization
 (dynamic and static) with the static file's batch-1 latency, and the weight and ONNX file sizes; across
-backends: eager and ONNX parity from the same canonical weights, and torch/paddle ratios.
+backends: eager and ONNX parity from the same canonical weights, and each backend's ratio over the
+reference backend (``bench.reference``, default paddle: the keys read ``<measurement>_torch_over_paddle``).
 
 Why it runs the way it does:
 
-* **One fresh worker process per backend** (``python -m dualml.evidence.bench --worker B``): importing paddle
-  pins OpenMP to one thread for the whole process, so torch timed beside it would not be what a torch
-  user sees; and ``ru_maxrss`` is per process, so each backend's peak memory is its own. The parent
-  imports no framework.
-* **Both workers stay alive and the parent drives timing rounds, alternating which backend goes
+* **One fresh worker process per backend** (``python -m dualml.evidence.bench --worker B``, started by
+  :mod:`dualml.workers`, which says why). The parent imports no framework.
+* **All workers stay alive and the parent drives timing rounds, rotating which backend goes
   first.** On a small shared machine the load changes by the second; timing torch for a minute and
   then paddle for a minute would put that change into the torch/paddle ratio. Interleaved rounds
-  expose both to the same load, which is also why the per-round ratios' spread is reported.
+  expose all of them to the same load, which is also why the per-round ratios' spread is reported.
   Within a worker, a round is one :func:`dualml.timing.interleaved` pass over its measurements.
 * **One intra-op thread everywhere by default** (``bench.threads``): torch, paddle and ONNX Runtime
   then compare engines, not thread pools fighting over two cores.
@@ -28,15 +28,18 @@ Why it runs the way it does:
 The report (``report.json``; ``dualml decide`` depends on these keys, more may be added)::
 
     {model, data, repeats, created, machine, model_config, settings, elapsed_s,
-     backends: {torch|paddle: {train_step_ms, eager_ms_b1, eager_ms_b64, ort_ms_b1, ort_ms_b64,
+     backends: {<backend>: {train_step_ms, eager_ms_b1, eager_ms_b64, ort_ms_b1, ort_ms_b64,
                                int8_static_ms_b1: STATS | null,
                                peak_rss_mb, rss_baseline_mb, peak_rss_delta_mb, rss_end_mb,
                                export: {ok, seconds, exporter, error, ort_max_abs, ...},
                                int8: {dynamic, static, static_ms_b1, errors},
                                weights_bytes, onnx_bytes, inputs, inputs_note, threads, ...}},
      parity: {eager_max_abs, onnx_max_abs, weights_identical, inputs},
-     ratios: {<measurement>_torch_over_paddle: ratio of medians | null, peak_rss_mb_..., onnx_bytes_..., ...},
-     ratio_spread: {<measurement>_torch_over_paddle: {p10, median, p90} of the per-round ratios}}
+     reference: <backend the ratios divide by>,
+     ratios: {<measurement>_<b>_over_<reference>: ratio of medians | null, peak_rss_mb_..., onnx_bytes_..., ...},
+     ratio_spread: {<measurement>_<b>_over_<reference>: {p10, median, p90} of the per-round ratios}}
+
+``parity`` compares every backend with the reference (the largest difference over them).
 
 STATS is :func:`dualml.timing.stats_ms` (``median_ms, p10_ms, p90_ms, iqr_ms, n``) over the rounds.
 """
@@ -58,9 +61,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, DualmlError
+from ..errors import ConfigError, DualmlError, not_allowed
 
+#: ``bench.backends`` / ``bench.reference`` when the config has none
 BACKENDS = ("torch", "paddle")
+REFERENCE = "paddle"
 #: timed measurements, in the order a round runs them (rotated per round); all but train_step may be absent
 TIMED = ("train_step", "eager_b1", "eager_b64", "ort_b1", "ort_b64", "int8_static_b1")
 #: the report key of each timed measurement's STATS and its label in tables and plots
@@ -93,14 +98,6 @@ def machine_info() -> dict[str, Any]:
             "cpu_bf16_flags": sorted(f for f in flags if "bf16" in f or f.startswith("amx")), **describe_cpu()}
 
 
-def threads(backend: str) -> int:
-    """Intra-op threads the process really uses (paddle sets OMP_NUM_THREADS, to 1 unless given, on import)."""
-    if backend == "torch":
-        import torch
-        return torch.get_num_threads()
-    return int(os.environ.get("OMP_NUM_THREADS", "0"))
-
-
 def _rss_mb() -> float:
     """This process's peak resident set so far (Linux reports KiB)."""
     import resource
@@ -131,7 +128,19 @@ def check_options(b: Any) -> dict[str, Any]:
     need("threads", is_int(b.threads) and b.threads >= 1, "an integer >= 1")
     need("calib_batches", is_int(b.calib_batches) and b.calib_batches >= 1, "an integer >= 1")
     need("int8", isinstance(b.int8, bool), "true or false")
-    return {k: b[k] for k in ("repeats", "warmup", "min_seconds", "threads", "calib_batches", "int8")}
+    from ..backend import available_backends
+
+    known = available_backends()
+    backends = list(BACKENDS if b.get("backends") is None else b.backends)
+    for name in backends:
+        if name not in known:
+            raise ConfigError(not_allowed("bench.backends entry", name, known))
+    need("backends", 0 < len(set(backends)) == len(backends), f"a list of distinct backends of {', '.join(known)}")
+    reference = b.get("reference") or REFERENCE
+    if reference not in backends:
+        raise ConfigError(not_allowed("bench.reference", reference, backends))
+    return {k: b[k] for k in ("repeats", "warmup", "min_seconds", "threads", "calib_batches", "int8")} | {
+        "backends": backends, "reference": reference}
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -239,10 +248,7 @@ class _Worker:
 
         warnings.filterwarnings("ignore", category=UserWarning)  # paddle's BatchNorm "always track" notice
         cfg, b, opts = self.cfg, self.backend, self.opts
-        get_backend(b)  # the framework import (paddle after zlib)
-        if b == "torch":
-            import torch
-            torch.set_num_threads(opts["threads"])
+        get_backend(b).set_threads(opts["threads"])  # the framework import (paddle after zlib), then its threads
         name, params = model_params(cfg)
         model = create_model(name, **params)
         batch_size = int(cfg.data.get("batch_size", 64))
@@ -314,8 +320,8 @@ class _Worker:
         self._phase("int8")
 
         self.result = {
-            "inputs": source, "inputs_note": note, "train_batch_size": trainer.batch_size, "threads": threads(b),
-            "framework_version": get_backend(b).version,
+            "inputs": source, "inputs_note": note, "train_batch_size": trainer.batch_size,
+            "threads": get_backend(b).threads(), "framework_version": get_backend(b).version,
             "rss_baseline_mb": baseline, "peak_rss_mb": peak, "peak_rss_delta_mb": peak - baseline,
             "export": export, "int8": int8, "weights_bytes": wpath.stat().st_size,
             "weights_sha256": digest(native), "onnx_bytes": onnx_path.stat().st_size if full else None,
@@ -340,7 +346,7 @@ def _worker_main(argv: list[str]) -> int:
     from omegaconf import OmegaConf
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--worker", choices=BACKENDS, required=True)
+    ap.add_argument("--worker", required=True)
     ap.add_argument("--config", required=True)
     ap.add_argument("--tmp", required=True)
     ap.add_argument("--fd", type=int, required=True)
@@ -376,19 +382,17 @@ def _worker_main(argv: list[str]) -> int:
 
 # ---------------------------------------------------------------------------------------------- parent
 class _Proc:
-    """A worker process and its end of the socket pair."""
+    """A worker process (:mod:`dualml.workers`) and its end of the socket pair."""
 
-    def __init__(self, backend: str, cfg_path: Path, tmp: Path, log: Path, threads_: int) -> None:
+    def __init__(self, backend: str, cfg_path: Path, tmp: Path, log: Path, threads: int) -> None:
+        from .. import workers
+
         self.backend, self.log = backend, log
         mine, theirs = socket.socketpair()
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads_)}  # paddle reads it at import (sets 1 when unset)
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "w") as fh:  # exporters print progress; it goes to the log, not the user's terminal
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dualml.evidence.bench", "--worker", backend, "--config", str(cfg_path),
-                 "--tmp", str(tmp), "--fd", str(theirs.fileno())],
-                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),),
-                env=env)
+        # exporters print progress; it goes to the log, not the user's terminal
+        self.proc = workers.start(workers.command("dualml.evidence.bench", [
+            "--worker", backend, "--config", str(cfg_path), "--tmp", str(tmp), "--fd", str(theirs.fileno())]),
+            log, threads=threads, pass_fds=(theirs.fileno(),))
         theirs.close()  # so a dead worker shows up as end-of-file here
         self.sock = mine
         self.stream = mine.makefile("rw", encoding="utf-8")
@@ -398,12 +402,11 @@ class _Proc:
         self.stream.flush()
 
     def recv(self) -> dict[str, Any]:
+        from ..workers import failure
+
         line = self.stream.readline()
         if not line:
-            code = self.proc.wait()
-            tail = self.log.read_text(errors="replace").strip().splitlines()[-1:] if self.log.exists() else []
-            raise DualmlError(f"bench worker for {self.backend} exited with code {code} "
-                              f"({tail[0] if tail else 'no output'}); log: {self.log}")
+            raise DualmlError(failure(f"bench worker for {self.backend}", self.proc.wait(), self.log))
         msg = json.loads(line)
         if "error" in msg:
             self.proc.wait()
@@ -431,26 +434,28 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def run_bench(cfg: Any, log_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Start both workers (one after the other, so one's set-up never competes with the other's export
-    timing), time ``bench.repeats`` rounds alternating the backend that goes first, and assemble the
+    """Start the workers (one after the other, so one's set-up never competes with another's export
+    timing), time ``bench.repeats`` rounds rotating the backend that goes first, and assemble the
     report (keys: see the module docstring). Worker output goes to ``log_dir/<backend>.log``."""
     from omegaconf import OmegaConf
 
     from ..quiet import progress_bar
 
     opts = check_options(cfg.bench)
+    names, ref = opts["backends"], opts["reference"]
+    others = [b for b in names if b != ref]
     started = time.perf_counter()
     machine = machine_info()
     procs: dict[str, _Proc] = {}
-    per_round: dict[str, dict[str, list[float]]] = {b: {n: [] for n in TIMED} for b in BACKENDS}
+    per_round: dict[str, dict[str, list[float]]] = {b: {n: [] for n in TIMED} for b in names}
     with tempfile.TemporaryDirectory(prefix="dualml-bench-") as tmpdir, \
-            progress_bar(total=len(BACKENDS) * len(PHASES) + opts["repeats"], desc="bench", unit="step",
+            progress_bar(total=len(names) * len(PHASES) + opts["repeats"], desc="bench", unit="step",
                          enabled=progress, file=sys.stderr) as bar:
         tmp = Path(tmpdir)
         cfg_path = tmp / "config.yaml"
         OmegaConf.save(cfg, cfg_path)
         try:
-            for b in BACKENDS:
+            for b in names:
                 procs[b] = _Proc(b, cfg_path, tmp, log_dir / f"{b}.log", opts["threads"])
                 while True:
                     msg = procs[b].recv()
@@ -460,38 +465,41 @@ def run_bench(cfg: Any, log_dir: Path, progress: bool = True) -> dict[str, Any]:
                     bar.update(1)
             bar.set_postfix_str("timing rounds")
             for r in range(opts["repeats"]):
-                for b in BACKENDS[r % 2:] + BACKENDS[:r % 2]:
+                k = r % len(names)
+                for b in names[k:] + names[:k]:
                     procs[b].send({"cmd": "round", "rotate": r})
                     for n, ms in procs[b].recv()["ms"].items():
                         per_round[b][n].append(ms)
                 bar.update(1)
             results = {}
-            for b in BACKENDS:
+            for b in names:
                 procs[b].send({"cmd": "finish"})
                 results[b] = procs[b].recv()["result"]
         finally:
             for p in procs.values():
                 p.close()
         outs = {b: {k: np.load(tmp / f"{b}-{k}.npy") if (tmp / f"{b}-{k}.npy").exists() else None
-                    for k in ("eager", "ort")} for b in BACKENDS}
+                    for k in ("eager", "ort")} for b in names}
     machine["loadavg_1m_end"] = os.getloadavg()[0]
-    machine["threads"] = {b: results[b]["threads"] for b in BACKENDS}
+    machine["threads"] = {b: results[b]["threads"] for b in names}
 
     backends: dict[str, Any] = {}
-    for b in BACKENDS:
+    for b in names:
         r = results[b]
         stats = {n: _stats(per_round[b][n]) for n in TIMED}
         r["int8"]["static_ms_b1"] = stats["int8_static_b1"]["median_ms"] if stats["int8_static_b1"] else None
         backends[b] = {STATS_KEYS[n]: stats[n] for n in TIMED} | r
-    a, b_ = BACKENDS
 
     def diff(kind: str) -> float | None:
-        x, y = outs[a][kind], outs[b_][kind]
-        return None if x is None or y is None else float(np.abs(x.astype(np.float64) - y).max())
+        """The largest |backend - reference| over the other backends (None when any output is missing)."""
+        pairs = [(outs[o][kind], outs[ref][kind]) for o in others]
+        if not pairs or any(x is None or y is None for x, y in pairs):
+            return None
+        return max(float(np.abs(x.astype(np.float64) - y).max()) for x, y in pairs)
 
     parity = {"eager_max_abs": diff("eager"), "onnx_max_abs": diff("ort"),
-              "weights_identical": backends[a]["weights_sha256"] == backends[b_]["weights_sha256"],
-              "inputs": f"batch {max(BATCHES)} of {results[a]['inputs']}"}
+              "weights_identical": len({backends[b]["weights_sha256"] for b in names}) == 1,
+              "inputs": f"batch {max(BATCHES)} of {results[ref]['inputs']}"}
 
     def med(bk: str, key: str) -> float | None:
         s = backends[bk][key]
@@ -499,26 +507,26 @@ def run_bench(cfg: Any, log_dir: Path, progress: bool = True) -> dict[str, Any]:
 
     ratios: dict[str, float | None] = {}
     spread: dict[str, dict[str, float] | None] = {}
-    for n, key in STATS_KEYS.items():
-        name = f"{n}_torch_over_paddle"
-        ratios[name] = _ratio(med(a, key), med(b_, key))
-        ta, tb = per_round[a][n], per_round[b_][n]
-        if ta and tb:  # each round's pair ran back to back: the spread of their ratio is the ratio's noise
-            q = np.percentile(np.asarray(ta) / np.asarray(tb), [10, 50, 90])
-            spread[name] = {"p10": float(q[0]), "median": float(q[1]), "p90": float(q[2])}
-        else:
-            spread[name] = None
-    for key in ("peak_rss_mb", "peak_rss_delta_mb", "onnx_bytes", "weights_bytes"):
-        ratios[f"{key}_torch_over_paddle"] = _ratio(backends[a][key], backends[b_][key])
-    ratios["export_seconds_torch_over_paddle"] = (
-        _ratio(backends[a]["export"]["seconds"], backends[b_]["export"]["seconds"])
-        if backends[a]["export"]["ok"] and backends[b_]["export"]["ok"] else None)
+    for o in others:
+        over = f"{o}_over_{ref}"
+        for n, key in STATS_KEYS.items():
+            ratios[f"{n}_{over}"] = _ratio(med(o, key), med(ref, key))
+            to, tr = per_round[o][n], per_round[ref][n]
+            # each round's pair ran back to back: the spread of their ratio is the ratio's noise
+            q = np.percentile(np.asarray(to) / np.asarray(tr), [10, 50, 90]) if to and tr else None
+            spread[f"{n}_{over}"] = None if q is None else {"p10": float(q[0]), "median": float(q[1]),
+                                                            "p90": float(q[2])}
+        for key in ("peak_rss_mb", "peak_rss_delta_mb", "onnx_bytes", "weights_bytes"):
+            ratios[f"{key}_{over}"] = _ratio(backends[o][key], backends[ref][key])
+        ratios[f"export_seconds_{over}"] = (
+            _ratio(backends[o]["export"]["seconds"], backends[ref]["export"]["seconds"])
+            if backends[o]["export"]["ok"] and backends[ref]["export"]["ok"] else None)
     name = OmegaConf.select(cfg, "model.name")
     return {"model": name, "data": cfg.data.name, "repeats": opts["repeats"],
             "model_config": OmegaConf.to_container(cfg.model, resolve=True),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine,
             "settings": {k: v for k, v in opts.items() if k != "repeats"} | {"seed": cfg.seed, "batches": BATCHES},
-            "backends": backends, "parity": parity, "ratios": ratios, "ratio_spread": spread,
+            "backends": backends, "reference": ref, "parity": parity, "ratios": ratios, "ratio_spread": spread,
             "elapsed_s": time.perf_counter() - started}
 
 
@@ -528,26 +536,34 @@ def _fmt(v: Any, spec: str = ".3g") -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The report as tables: medians with p10-p90, then export/INT8/memory/size facts and parity."""
-    a, b = BACKENDS
+    """The report as tables: medians with p10-p90 and each backend's ratio over the reference, then
+    export/INT8/memory/size facts and parity."""
+    names, ref = list(report["backends"]), report.get("reference", REFERENCE)  # older reports: torch, paddle
+    others = [b for b in names if b != ref]
     be, m = report["backends"], report["machine"]
+    faster = ("; ".join(f"{o}/{ref} < 1: {o} is faster" for o in others)
+              + "; the per-round ratio's p10-p90 shows whether a difference stands above the noise." if others else "")
+    # one ratio: the spread column keeps its short name (the README cites the two-backend table)
+    spread_head = ["round ratio p10-p90"] if len(others) == 1 else [f"round {o}/{ref} p10-p90" for o in others]
+    head = [f"{b} ms" for b in names] + [h for o, sh in zip(others, spread_head) for h in (f"{o}/{ref}", sh)]
     lines = [f"# dualml bench: {report['model']} on {report['data']} ({report['created']})", "",
              f"Median ms per call over {report['repeats']} interleaved rounds (p10-p90); "
-             f"{report['settings']['threads']} intra-op thread(s) per engine. {a}/{b} < 1: {a} is faster; "
-             "the per-round ratio's p10-p90 shows whether a difference stands above the noise.", "",
-             f"| measurement | {a} ms | {b} ms | {a}/{b} | round ratio p10-p90 |", "|---|---|---|---|---|"]
+             f"{report['settings']['threads']} intra-op thread(s) per engine. {faster}".rstrip(), "",
+             "| measurement | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
 
     def cell(s: dict[str, float] | None) -> str:
         return "n/a" if s is None else f"{s['median_ms']:.3f} ({s['p10_ms']:.3f}-{s['p90_ms']:.3f})"
     for n, key in STATS_KEYS.items():
-        sp = report["ratio_spread"][f"{n}_torch_over_paddle"]
-        lines.append(f"| {LABELS[n]} | {cell(be[a][key])} | {cell(be[b][key])} | "
-                     f"{_fmt(report['ratios'][f'{n}_torch_over_paddle'], '.3f')} | "
-                     + ("n/a" if sp is None else f"{sp['p10']:.3f}-{sp['p90']:.3f}") + " |")
-    lines += ["", f"| | {a} | {b} |", "|---|---|---|"]
+        cells = [cell(be[b][key]) for b in names]
+        for o in others:
+            sp = report["ratio_spread"][f"{n}_{o}_over_{ref}"]
+            cells += [_fmt(report["ratios"][f"{n}_{o}_over_{ref}"], ".3f"),
+                      "n/a" if sp is None else f"{sp['p10']:.3f}-{sp['p90']:.3f}"]
+        lines.append(f"| {LABELS[n]} | " + " | ".join(cells) + " |")
+    lines += ["", "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
 
     def row(label: str, f: Callable[[dict[str, Any]], str]) -> None:
-        lines.append(f"| {label} | {f(be[a])} | {f(be[b])} |")
+        lines.append(f"| {label} | " + " | ".join(f(be[b]) for b in names) + " |")
     row("ONNX export", lambda r: (f"ok, {r['export']['exporter']}, {r['export']['seconds']:.2f} s, ORT vs eager "
                                   f"{r['export']['ort_max_abs']:.1e}") if r["export"]["ok"]
         else f"FAILED: {r['export']['error']}")
@@ -563,12 +579,14 @@ def markdown(report: dict[str, Any]) -> str:
     row("ONNX bytes", lambda r: _fmt(r["onnx_bytes"], "d"))
     row("intra-op threads", lambda r: str(r["threads"]))
     p = report["parity"]
+    pairs = ", ".join(f"|{o} - {ref}|" for o in others) or "n/a"
     lines += ["", f"Parity ({p['inputs']}, same canonical weights, identical: {p['weights_identical']}): eager "
-              f"max |{a} - {b}| = {_fmt(p['eager_max_abs'], '.2e')}; ONNX Runtime on the two exports: "
+              f"max {pairs} = {_fmt(p['eager_max_abs'], '.2e')}; ONNX Runtime on the {len(names)} exports: "
               f"{_fmt(p['onnx_max_abs'], '.2e')}.", "",
-              f"Inputs: {be[a]['inputs']}" + (f" ({be[a]['inputs_note']})" if be[a]["inputs_note"] else "")
+              f"Inputs: {be[ref]['inputs']}" + (f" ({be[ref]['inputs_note']})" if be[ref]["inputs_note"] else "")
               + f". Machine: {m['platform']}, {m['cpu_count']} CPUs, python {m['python']}, "
-              f"torch {m['torch']}, paddle {m['paddle']}, onnxruntime {m['onnxruntime']}; 1-min load average "
+              + ", ".join(f"{b} {be[b].get('framework_version', m.get(b))}" for b in names)
+              + f", onnxruntime {m['onnxruntime']}; 1-min load average "
               f"{m['loadavg_1m_start']:.2f} at start, {m['loadavg_1m_end']:.2f} at end. "
               f"Total {report['elapsed_s']:.0f} s.", ""]
     return "\n".join(lines)
@@ -584,15 +602,16 @@ def plot(report: dict[str, Any]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in TIMED if any(report["backends"][b][STATS_KEYS[n]] for b in BACKENDS)]
+    backends = list(report["backends"])
+    names = [n for n in TIMED if any(report["backends"][b][STATS_KEYS[n]] for b in backends)]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(names)), 4))
-    width = 0.8 / len(BACKENDS)
-    for i, b in enumerate(BACKENDS):
+    width = 0.8 / len(backends)
+    for i, b in enumerate(backends):
         st = [report["backends"][b][STATS_KEYS[n]] for n in names]
         med = [s["median_ms"] if s else np.nan for s in st]
         err = [[s["median_ms"] - s["p10_ms"] if s else 0 for s in st], [s["p90_ms"] - s["median_ms"] if s else 0
                                                                        for s in st]]
-        ax.bar(np.arange(len(names)) + (i - (len(BACKENDS) - 1) / 2) * width, med, width, yerr=err, capsize=3,
+        ax.bar(np.arange(len(names)) + (i - (len(backends) - 1) / 2) * width, med, width, yerr=err, capsize=3,
                label=b)
     ax.set_xticks(np.arange(len(names)), [LABELS[n] for n in names])
     ax.set_yscale("log")

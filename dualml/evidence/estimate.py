@@ -49,8 +49,6 @@ import argparse
 import fnmatch
 import json
 import math
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -126,7 +124,7 @@ def parameter_terms(model: Module, slots: Sequence[str] = (), freeze: Sequence[s
             "gradients": sum(train), "optimizer_state": len(slots) * sum(train)}
 
 
-def _traces(model: Module, backend: str) -> tuple[Any, Any]:
+def _traces(model: Module, backend: str | None) -> tuple[Any, Any]:
     """The leaf trace at batch 1 and at batch 2 (eval mode, no grad: only shapes are read)."""
     from ..compress.measure import trace
 
@@ -134,7 +132,7 @@ def _traces(model: Module, backend: str) -> tuple[Any, Any]:
     return trace(model, (1, *sample), backend), trace(model, (2, *sample), backend)
 
 
-def activation_bytes(model: Module, batch_size: int, backend: str = "torch",
+def activation_bytes(model: Module, batch_size: int, backend: str | None = None,
                      traces: tuple[Any, Any] | None = None) -> ActivationEstimate:
     """The activations term at ``batch_size``: what a training step keeps for backward at its peak
     (:mod:`dualml.evidence.activations`), from leaf traces at batch 1 and 2 extrapolated linearly per call, so a
@@ -433,7 +431,7 @@ def measure_worker(cfg: DictConfig, plan: dict[str, Any], steps: int) -> dict[st
     end = _status()
     peak = max(end["VmHWM"], *(p["peak"] for p in phases))
     return {"backend": be.name, "device": "cpu", "steps": steps, "losses": losses,
-            "threads": _threads(be.name), "peak_resettable": resettable,
+            "threads": be.threads(), "peak_resettable": resettable,
             "rss_start": start["VmRSS"], "rss_imported": imported["VmRSS"], "baseline": base["VmRSS"],
             "warmup": base["VmRSS"] - imported["VmRSS"], "peak_rss": peak, "delta": peak - base["VmRSS"],
             "rss_end": end["VmRSS"], "anon_growth": end["RssAnon"] - base["RssAnon"],
@@ -442,17 +440,11 @@ def measure_worker(cfg: DictConfig, plan: dict[str, Any], steps: int) -> dict[st
             "seconds_baseline": round(t_base, 2)}
 
 
-def _threads(backend: str) -> int:
-    if backend == "torch":
-        import torch
-
-        return int(torch.get_num_threads())
-    return int(os.environ.get("OMP_NUM_THREADS", "0"))
-
-
 def measure(cfg: DictConfig, plan: dict[str, Any], backends: Sequence[str], steps: int) -> dict[str, dict[str, Any]]:
-    """One fresh ``python -m dualml.evidence.estimate --worker`` per backend (memory of one framework must not
-    count against the other); returns each worker's figures."""
+    """One fresh ``python -m dualml.evidence.estimate --worker`` per backend (:mod:`dualml.workers`: memory of
+    one framework must not count against the other); returns each worker's figures."""
+    from .. import workers
+
     out = {}
     with tempfile.TemporaryDirectory(prefix="dualml-estimate-") as tmp:
         for b in backends:
@@ -460,15 +452,10 @@ def measure(cfg: DictConfig, plan: dict[str, Any], backends: Sequence[str], step
             run.backend = b
             cfg_path, out_path = Path(tmp) / f"{b}.yaml", Path(tmp) / f"{b}.json"
             cfg_path.write_text(OmegaConf.to_yaml(run))
-            plan_json = json.dumps(plan)
-            proc = subprocess.run([sys.executable, "-m", "dualml.evidence.estimate", "--worker", str(cfg_path),
-                                   "--plan", plan_json, "--steps", str(steps), "--out", str(out_path)],
-                                  capture_output=True, text=True)
-            if proc.returncode != 0 or not out_path.is_file():
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-                why = " (killed by a signal: out of memory? try a smaller data.batch_size)" * (proc.returncode < 0)
-                raise DualmlError(f"the measured {b} run failed (exit {proc.returncode}{why}): {tail[0]}")
-            out[b] = json.loads(out_path.read_text())
+            cmd = workers.command("dualml.evidence.estimate", ["--worker", str(cfg_path), "--plan", json.dumps(plan),
+                                                              "--steps", str(steps), "--out", str(out_path)])
+            out[b] = workers.run(cmd, out_path, f"the measured {b} run", log=Path(tmp) / f"{b}.log",
+                                 hint=": out of memory? try a smaller data.batch_size", keep_log=False)
     return out
 
 

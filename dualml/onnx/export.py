@@ -20,12 +20,11 @@ import numpy as np
 from ..backend import get_backend
 from ..build import build, native_leaves
 from ..checkpoint import atomic_write_bytes, load_weights
-from ..errors import ConfigError, DualmlError, ExportError, VerificationError, not_allowed
+from ..errors import ConfigError, DualmlError, ExportError, VerificationError, did_you_mean
 from ..module import Module
 from ..version import __version__
 from . import ort
 
-EXPORTERS = ("auto", "dynamo", "torchscript", "paddle2onnx")
 QUANTIZE = ("none", "dynamic", "static")
 
 
@@ -148,10 +147,12 @@ def export_model(model: Module, backend: str, weights: dict[str, np.ndarray] | N
     VerificationError when ONNX Runtime disagrees with eager beyond atol/rtol (the file is removed,
     so no unverified model is left where a deployment would pick it up).
     """
-    if exporter not in EXPORTERS:
-        raise ConfigError(not_allowed("export.exporter", exporter, EXPORTERS))
-    net = build(model, backend, seed=seed, weights=weights)
     be = get_backend(backend)
+    allowed = ("auto", *be.exporters)  # the adapter says which export paths it has
+    if exporter not in allowed:
+        raise ConfigError(f"export.exporter={exporter} is not allowed for backend={be.name}; allowed: "
+                          f"{', '.join(allowed)}{did_you_mean(str(exporter), allowed)}")
+    net = build(model, backend, seed=seed, weights=weights)
     out = Path(out)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dualml-export-") as tmp:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from ..backend import Backend, get_backend
+from ..backend import Backend, StepPlan, get_backend
 from ..build import (
     build,
     canonical_from_native_names,
@@ -176,6 +176,10 @@ class Trainer:
         self.groups, self.frozen = make_groups(index, OmegaConf.to_container(self.t.param_groups),
                                                list(self.t.freeze))
         self.opt = self.be.make_optimizer(self.net, self.spec, self.groups, self.frozen)
+        # what every step works on, handed to the adapter's train_step (the adapter owns the step)
+        loss = None if loss_fn is None else (lambda logits, labels, x: loss_fn(self.be, logits, labels, x))
+        self.plan = StepPlan(self.train_net, self.net, self.opt, self.groups, loss, self.amp, self.clip_norm,
+                             self.world_size)
         self.step, self.epoch, self.history = 0, 0, History()
         self._in_train_mode = False
         self.best: dict[str, Any] = {}
@@ -321,63 +325,35 @@ class Trainer:
         return {"loss": loss, "acc": acc}
 
     # ------------------------------------------------------------------ the loop
-    def _forward_loss(self, x: np.ndarray, y: np.ndarray) -> tuple[Any, Any]:
-        be = self.be
-        # the Loader's batches are fresh arrays nobody writes to: no copy needed (torch shares them)
-        logits = self.train_net(be.tensor(x, copy=False))
-        labels = be.tensor(y, copy=False)
-        return logits, (self.loss_fn(be, logits, labels, x) if self.loss_fn else be.cross_entropy(logits, labels))
-
     def train_step(self, batches: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
         """One optimizer step over ``accumulate`` micro-batches; returns loss, lr, grad_norm, acc.
 
-        The batches become tensors without a copy where the framework allows (torch): pass arrays
-        that are not written to while the step runs (the Loader yields fresh ones)."""
+        The step itself (forward, loss, gradients, update) is the adapter's ``Backend.train_step``;
+        around it, written once: the scheduled rate, the (seed, step) re-seed, stopping on a non-finite
+        loss, the loss scaler's bookkeeping, the step count and ``after_step``. The batches become
+        tensors without a copy where the framework allows (torch): pass arrays that are not written
+        to while the step runs (the Loader yields fresh ones)."""
         be = self.be
         lr = self.lrs[self.step]
-        be.set_lr(self.opt, lr, self.groups)
-        if self.reseed:
-            be.seed(self.seed * 1_000_003 + self.step)
         if not self._in_train_mode:
             be.set_train(self.train_net, True)
             self._in_train_mode = True
-        loss_sum, correct, seen = 0.0, 0, 0
-        for x, y in batches:
-            if self.amp is None:  # entering even a null context costs ~1% of an mlp step
-                logits, loss = self._forward_loss(x, y)
-            else:
-                with be.autocast(self.amp):
-                    logits, loss = self._forward_loss(x, y)
-            be.backward_scaled(loss, (self.scaler.scale if self.scaler else 1.0) / len(batches))
-            loss_sum += be.item(loss) / len(batches)
-            correct += int(np.count_nonzero(be.numpy(logits).argmax(1) == y))
-            seen += len(y)
-        acc = correct / max(seen, 1)
-        if self.world_size > 1:  # each rank saw an equal shard: the global batch's mean is the mean
-            loss_sum, acc = self.be.all_reduce_mean([loss_sum, acc])
-        if not math.isfinite(loss_sum):
-            raise TrainingDiverged(f"loss is {loss_sum} at step {self.step} (epoch {self.epoch}); stopped before "
+        scale = self.scaler.scale if self.scaler else None
+        r = be.train_step(self.plan, batches, lr, self.seed * 1_000_003 + self.step if self.reseed else None, scale)
+        if not math.isfinite(r.loss):
+            raise TrainingDiverged(f"loss is {r.loss} at step {self.step} (epoch {self.epoch}); stopped before "
                                    "the update, the last good checkpoint is kept"
                                    + (f" in {self.run_dir}" if self.run_dir else "")
                                    + ("; with amp=fp16 the forward pass itself may overflow float16 (loss "
                                       "scaling only protects gradients): try amp=bf16" if self.scaler else ""))
-        row = {"step": self.step + 1, "epoch": self.epoch, "loss": loss_sum, "lr": lr, "grad_norm": float("nan"),
-               "acc": acc}
-        if self.scaler is not None:
-            row["loss_scale"] = self.scaler.scale
-            finite = be.unscale_grads(self.net, 1.0 / self.scaler.scale)
-            if self.world_size > 1:  # every rank must skip together or their weights part ways
-                finite = self.be.all_reduce_mean([float(finite)])[0] == 1.0
-            self.scaler.update(finite)
-            if not finite:  # overflow: no update this step; the learning-rate schedule moves on
-                be.zero_grads(self.opt)
-                self.step += 1
-                return row
-        # the global norm costs a reduction per tensor: computed (and logged) only when clipping
-        if self.clip_norm is not None:
-            row["grad_norm"] = be.clip_grads(self.net, self.clip_norm)
-        be.optimizer_step(self.opt)
+        row = {"step": self.step + 1, "epoch": self.epoch, "loss": r.loss, "lr": lr, "grad_norm": r.grad_norm,
+               "acc": r.acc}
         self.step += 1
+        if self.scaler is not None:
+            row["loss_scale"] = scale
+            self.scaler.update(r.finite)
+            if not r.finite:  # overflow: no update this step; the learning-rate schedule moves on
+                return row
         if self.after_step is not None:
             self.after_step(self)
         return row
