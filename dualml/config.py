@@ -197,15 +197,16 @@ NULL_DEFAULT_TYPES: dict[str, type] = {
     "decide.bench": str, "estimate.samples": int, "compress.checkpoint": str,
 }
 #: numeric keys and their smallest allowed value: a zero batch or step count fails deep inside a loop
-#: (``range() arg 3 must not be zero``) instead of here with the key's name
+#: (``range() arg 3 must not be zero``) instead of here with the key's name. A float bound marks a key that
+#: takes any number; estimate.margin has its own range check in the estimate command.
 MINIMUMS: dict[str, float] = {
     "seed": 0, "trainer.epochs": 0, "trainer.max_steps": 1, "trainer.accumulate": 1, "trainer.eval_batch_size": 1,
     "trainer.checkpoint_every": 0, "trainer.devices": 1, "trainer.early_stopping.patience": 0,
-    "trainer.optimizer.lr": 0, "trainer.optimizer.weight_decay": 0, "trainer.optimizer.momentum": 0,
-    "trainer.optimizer.eps": 0, "trainer.schedule.warmup_steps": 0, "trainer.clip_norm": 0,
+    "trainer.optimizer.lr": 0.0, "trainer.optimizer.weight_decay": 0.0, "trainer.optimizer.momentum": 0.0,
+    "trainer.optimizer.eps": 0.0, "trainer.schedule.warmup_steps": 0, "trainer.clip_norm": 0.0,
     "data.batch_size": 1, "export.verify_batch": 1, "export.calib_batches": 1, "export.opset": 7,
-    "bench.repeats": 1, "bench.warmup": 0, "bench.min_seconds": 0, "bench.threads": 1, "bench.calib_batches": 1,
-    "estimate.steps": 1, "estimate.samples": 1, "estimate.margin": 0,
+    "bench.repeats": 1, "bench.warmup": 0, "bench.min_seconds": 0.0, "bench.threads": 1, "bench.calib_batches": 1,
+    "estimate.steps": 1, "estimate.samples": 1,
 }
 #: of those, the ones that must be strictly greater than their minimum
 EXCLUSIVE = ("trainer.optimizer.lr", "trainer.optimizer.eps", "trainer.clip_norm")
@@ -227,8 +228,9 @@ def _check_minimums(cfg: DictConfig) -> None:
         if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue  # absent, null or not a number: the type checks speak for those
         if value < low or (key in EXCLUSIVE and value <= low) or value != value:
+            kind = "a number" if isinstance(low, float) else "an integer"
             bound = f"> {low:g}" if key in EXCLUSIVE else f">= {low:g}"
-            raise ConfigError(f"{key}={value!r} is not allowed; allowed: {bound}")
+            raise ConfigError(f"{key}={value!r} is not allowed; allowed: {kind} {bound}")
 
 
 def validate(cfg: DictConfig) -> None:

@@ -4,9 +4,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import TinyMLP, run
 
 import dualml
+from conftest import TinyMLP, run
 from dualml import nn
 from dualml.checkpoint import load_weights, save_weights
 from dualml.ops import OPS

@@ -24,11 +24,11 @@ BACKEND = selected_backends()[0]
 @pytest.mark.parametrize("override, words", [
     ("trainer.max_steps=abc", "trainer.max_steps='abc' is not allowed; allowed: null or an integer"),
     ("trainer.clip_norm=abc", "trainer.clip_norm='abc' is not allowed; allowed: null or a number"),
-    ("trainer.clip_norm=0", "trainer.clip_norm=0 is not allowed; allowed: > 0"),
-    ("trainer.eval_batch_size=0", "trainer.eval_batch_size=0 is not allowed; allowed: >= 1"),
-    ("trainer.max_steps=0", "trainer.max_steps=0 is not allowed; allowed: >= 1"),
-    ("data.batch_size=-3", "data.batch_size=-3 is not allowed; allowed: >= 1"),
-    ("trainer.optimizer.lr=0", "trainer.optimizer.lr=0 is not allowed; allowed: > 0"),
+    ("trainer.clip_norm=0", "trainer.clip_norm=0 is not allowed; allowed: a number > 0"),
+    ("trainer.eval_batch_size=0", "trainer.eval_batch_size=0 is not allowed; allowed: an integer >= 1"),
+    ("trainer.max_steps=0", "trainer.max_steps=0 is not allowed; allowed: an integer >= 1"),
+    ("data.batch_size=-3", "data.batch_size=-3 is not allowed; allowed: an integer >= 1"),
+    ("trainer.optimizer.lr=0", "trainer.optimizer.lr=0 is not allowed; allowed: a number > 0"),
     ("export.opset=abc", "export.opset='abc' is not allowed; allowed: null or an integer"),
     ("trainer.run_dir=[1]", "trainer.run_dir=[1] is not allowed; allowed: null or a string"),
 ])
