@@ -245,7 +245,7 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 def check_file_name(key: str, value: Any) -> None:
     """Refuse a value that would not stay one plain name inside ``out_dir`` (``compress.name=../../x``
     wrote outside it): a ConfigError naming the key and what is allowed."""
-    if value is None or (isinstance(value, str) and SAFE_NAME.fullmatch(value) and ".." not in value):
+    if isinstance(value, str) and SAFE_NAME.fullmatch(value) and ".." not in value:
         return
     raise ConfigError(f"{key}={value!r} is not allowed; it becomes a folder or file name under out_dir; allowed: "
                       "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit, no '..' "
@@ -258,7 +258,8 @@ def validate(cfg: DictConfig) -> None:
     _check_typed_nulls(cfg)
     _check_minimums(cfg)
     for key in FILE_NAME_KEYS:
-        check_file_name(key, OmegaConf.select(cfg, key))
+        if isinstance(cfg.get(key.split(".")[0]), DictConfig):  # a config without that group names no folder
+            check_file_name(key, OmegaConf.select(cfg, key))
 
     # only `backend` can be auto: parity.against names the second backend explicitly
     for key, allowed in (("backend", [*available_backends(), "auto"]), ("parity.against", available_backends())):
