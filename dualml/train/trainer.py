@@ -333,11 +333,15 @@ class Trainer:
             return
         path = self.run_dir / name
         new = not path.is_file()
-        with path.open("a", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        try:
+            with path.open("a", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=list(row))
+                if new:
+                    w.writeheader()
+                w.writerow(row)
+        except OSError as exc:  # a full disk fails in the buffered write, which names no file
+            exc.filename = exc.filename or str(path)
+            raise
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, split: Any) -> dict[str, float]:
