@@ -34,8 +34,7 @@ reported per criterion.
 ``backend=auto`` (``dualml.cli.auto.resolve_auto``, run by the command line before any command) reads
 the latest ``<out_dir>/decide/decision.json`` and re-decides when it is missing or stale (:func:`stale`:
 matrix changed, bench report gone or re-run, measured for another model or data), running the
-bench when no report exists. This module
-imports no framework and runs no benchmark.
+bench when no report exists. This module imports no framework and runs no benchmark.
 """
 from __future__ import annotations
 
