@@ -26,7 +26,10 @@ def session(path: str | os.PathLike, threads: int = 1) -> Any:
 
     path = Path(path)
     if not path.is_file():
-        raise DualmlError(f"ONNX model {path} does not exist")
+        ckpt = path.with_name(path.name + ".safetensors")
+        hint = (f"; {ckpt} is a dualml checkpoint: run `dualml export checkpoint={path} out=model.onnx` first"
+                if ckpt.is_file() else "")
+        raise DualmlError(f"ONNX model {path} does not exist{hint}")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(threads)
     opts.inter_op_num_threads = 1
@@ -34,7 +37,22 @@ def session(path: str | os.PathLike, threads: int = 1) -> Any:
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+        if is_safetensors(path):  # "Protobuf parsing failed" would not say what the file is
+            raise DualmlError(f"{path} is a dualml checkpoint (safetensors weights), not an ONNX model; run "
+                              f"`dualml export checkpoint={path} out=model.onnx` first and give model.onnx") from None
         raise DualmlError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from None
+
+
+def is_safetensors(path: Path) -> bool:
+    """Whether ``path`` starts like a safetensors file: an 8-byte little-endian header length that fits
+    the file, then the JSON header's ``{``."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size
 
 
 #: ONNX Runtime type strings of the tensors ``dualml serve`` takes and returns, as numpy dtypes

@@ -18,6 +18,7 @@ import io
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,9 +37,9 @@ from ..build import (
     param_index,
     set_weights,
 )
-from ..checkpoint import atomic_write_text, load_weights, save_weights
+from ..checkpoint import atomic_write_bytes, atomic_write_text, clean_stale_temps, load_weights, png_bytes, save_weights
 from ..config import model_params
-from ..errors import ConfigError, DualmlError
+from ..errors import ConfigError, DualmlError, DualmlWarning
 from ..module import Module, describe, named_leaves
 from ..zoo import create_model
 from .optim import OptimSpec, make_groups, parse_optim
@@ -248,6 +249,11 @@ class Trainer:
         save_weights(path, arrays, self._state_meta())
 
     def _resume(self, path: Path) -> None:
+        if self.is_main:
+            files, size = clean_stale_temps(path.parent)
+            if files:
+                warnings.warn(f"removed {files} stale temp file(s) ({size} bytes) from {path.parent}: left by a "
+                              "write that was killed before it finished", DualmlWarning, stacklevel=2)
         arrays, meta = load_weights(path)
         if meta.get("kind") != "dualml-train-checkpoint":
             raise DualmlError(f"{path} is not a training checkpoint")
@@ -278,9 +284,30 @@ class Trainer:
             self.scaler = LossScaler(**meta["loss_scaler"])
         self.epoch = self.step // self.steps_per_epoch  # complete epochs; the loader skips into the next
         self.resumed_from = {"step": self.step, "backend": meta["backend"]}
+        self._warn_replanned(theirs)
         if self.is_main:
             self.history.steps = self._truncate_csv("steps.csv", self.step)
             self.history.epochs = self._truncate_csv("epochs.csv", self.step)
+
+    def _warn_replanned(self, theirs: dict[str, Any]) -> None:
+        """Warn when a resume changes the planned total steps (``trainer.epochs``/``max_steps`` may change)
+        and with it the learning-rate curve: a cosine schedule re-planned from 57 to 114 steps jumps from
+        its tail back up to a high rate, which is legitimate but must not pass unseen."""
+        from .schedules import schedule
+
+        old = theirs.get("trainer.max_steps") or int(theirs.get("trainer.epochs", 0)) * self.steps_per_epoch
+        if not old or old == self.total_steps:
+            return
+        n = min(old, self.total_steps)
+        raw = OmegaConf.to_container(self.t.schedule, resolve=True)  # derived keys (t_max) follow the total
+        planned = schedule(self.spec.lr, raw, old)
+        if np.array_equal(planned[:n], np.asarray(self.lrs[:n])):
+            return  # constant, step, ...: the curve is the same where both plans have it
+        last = f"; the last step ran at lr {planned[min(self.step, old) - 1]:.3g}" if self.step else ""
+        then = f", the next runs at {self.lrs[self.step]:.3g}" if self.step < self.total_steps else ""
+        warnings.warn(f"resume re-plans the {raw.get('name', 'constant')} lr schedule from {old} to "
+                      f"{self.total_steps} total steps (trainer.epochs or trainer.max_steps changed), so the lr "
+                      f"curve changes{last}{then}", DualmlWarning, stacklevel=3)
 
     def _truncate_csv(self, name: str, last_step: int) -> list[dict[str, float]]:
         """Drop rows the killed run logged after its last checkpoint (they will be logged again)."""
@@ -306,11 +333,15 @@ class Trainer:
             return
         path = self.run_dir / name
         new = not path.is_file()
-        with path.open("a", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        try:
+            with path.open("a", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=list(row))
+                if new:
+                    w.writeheader()
+                w.writerow(row)
+        except OSError as exc:  # a full disk fails in the buffered write, which names no file
+            exc.filename = exc.filename or str(path)
+            raise
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, split: Any) -> dict[str, float]:
@@ -473,7 +504,4 @@ class Trainer:
         b.legend()
         fig.suptitle(f"{self.model_name} on {self.data.name} [{self.be.name}]")
         fig.tight_layout()
-        tmp = self.run_dir / ".curves.png.tmp"
-        fig.savefig(tmp, format="png", dpi=100)
-        plt.close(fig)
-        tmp.replace(self.run_dir / "curves.png")
+        atomic_write_bytes(self.run_dir / "curves.png", png_bytes(fig, dpi=100))
