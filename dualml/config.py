@@ -246,6 +246,12 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(not_allowed(key, value, allowed))
     if not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise ConfigError(f"seed={cfg.seed} is not allowed; allowed: an integer >= 0")
+    trainer = OmegaConf.select(cfg, "trainer")
+    if isinstance(trainer, DictConfig):  # syntax and ranges only; whether a GPU exists is the Trainer's question
+        from .devices import parse_device, parse_nodes
+
+        parse_device(trainer.get("device", "auto"))
+        parse_nodes(trainer)
 
 
 def model_params(cfg: DictConfig) -> tuple[str, dict[str, Any]]:

@@ -38,6 +38,7 @@ from ..build import (
 )
 from ..checkpoint import atomic_write_text, load_weights, save_weights
 from ..config import model_params
+from ..devices import resolve_device
 from ..errors import ConfigError, DualmlError
 from ..module import Module, describe, named_leaves
 from ..zoo import create_model
@@ -46,7 +47,8 @@ from .optim import OptimSpec, make_groups, parse_optim
 #: config keys that may differ between a checkpoint and the run resuming it
 RESUME_MAY_CHANGE = ("backend", "trainer.resume", "trainer.run_dir", "trainer.epochs", "trainer.max_steps",
                      "out_dir", "parity", "trainer.devices", "trainer.eval_batch_size", "trainer.early_stopping",
-                     "trainer.checkpoint_every")
+                     "trainer.checkpoint_every", "trainer.device", "trainer.nnodes", "trainer.node_rank",
+                     "trainer.master_addr", "trainer.master_port", "trainer.rendezvous_timeout_s")
 
 
 class TrainingDiverged(DualmlError):
@@ -79,6 +81,16 @@ class LossScaler:
         self.good += 1
         if self.good >= self.interval:
             self.scale, self.good = self.scale * 2.0, 0
+
+
+def _joined() -> None:
+    """Tell a launching ``dualml train`` that this worker got through the rendezvous: it bounds the wait for
+    a missing master from its side (``trainer.rendezvous_timeout_s``), which paddle's launcher does not."""
+    import os
+
+    path = os.environ.get("DUALML_JOINED_DIR")
+    if path:
+        Path(path, f"joined.{os.getpid()}").touch()
 
 
 def architecture_hash(model: Module) -> str:
@@ -121,7 +133,13 @@ class Trainer:
         self.t = cfg.trainer
         self.write, self.progress = write, progress
         self.be: Backend = get_backend(cfg.backend)
+        # the device first: nccl (GPU) or gloo (CPU) is chosen from it when the process group is joined
+        self.device, self.device_note = resolve_device(self.t.get("device", "auto"), self.be.device_count(),
+                                                       self.be.local_rank(), int(self.t.get("devices", 1)),
+                                                       self.be.name)
+        self.be.set_device(self.device)
         self.rank, self.world_size = self.be.distributed_init()
+        _joined()
         self.is_main = self.rank == 0
         name, params = model_params(cfg)
         self.model_name = name if model_name is None else model_name
@@ -165,7 +183,8 @@ class Trainer:
         self.amp = self.t.amp
         self.clip_norm = None if self.t.clip_norm is None else float(self.t.clip_norm)
         self.seed = int(cfg.seed)
-        self.net = build(self.model, cfg.backend, seed=cfg.seed, weights=weights, dtype=self.dtype)
+        # built on the host (canonical numpy weights), then moved: the checkpoint never depends on the device
+        self.net = self.be.to_device(build(self.model, cfg.backend, seed=cfg.seed, weights=weights, dtype=self.dtype))
         self.loss_fn, self.after_step = loss_fn, after_step
         # re-seeding the framework RNG per step only matters when something draws from it (a user
         # loss_fn might); otherwise it is pure cost (~3% of an mlp step, bench_trainer)
@@ -313,7 +332,13 @@ class Trainer:
             w.writerow(row)
 
     # ------------------------------------------------------------------ evaluation
+    def _on_device(self) -> None:
+        """The adapter's device is process-wide (paddle's place is): another Trainer may have moved it."""
+        if self.be.device != self.device:
+            self.be.set_device(self.device)
+
     def evaluate(self, split: Any) -> dict[str, float]:
+        self._on_device()
         self.be.set_train(self.net, False)
         self._in_train_mode = False
         outs = []
@@ -361,6 +386,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         from ..quiet import progress_bar
 
+        self._on_device()
         self._open_run()
         writer = None
         if self.writes:
@@ -444,6 +470,7 @@ class Trainer:
                    "test_acc": test["acc"], "test_loss": test["loss"], "best": self.best,
                    "stopped_early": stopped_early, "seconds": seconds,
                    "resumed_from": getattr(self, "resumed_from", None), "world_size": self.world_size,
+                   "device": str(self.device),
                    "rank_weight_diff_mean": rank_diff}
         if self.writes:
             atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
