@@ -128,7 +128,7 @@ class ShardSet:
         index_file = self.dir / INDEX
         if not index_file.is_file():
             raise ConfigError(f"{where} is not allowed; {index_file} does not exist (write the set with "
-                              "dualml.data.write_shards; the index is written last, so a set whose writer died has none)")
+                              "dualml.data.write_shards; the index is written last: a set whose writer died has none)")
         try:
             index = json.loads(index_file.read_text())
             assert index.get("format") == FORMAT and index["shards"]
