@@ -115,3 +115,14 @@ def test_missing_and_truncated_shards_are_one_line(digits_sets, tmp_path):
     os.truncate(tmp_path / "s" / "x-00001.npy", (tmp_path / "s" / "x-00000.npy").stat().st_size)
     with pytest.raises(ConfigError, match=r"shard .*y-00002.npy is missing"):
         ShardSet(tmp_path / "s")
+
+
+def test_pread_and_mmap_read_the_same_rows(digits_sets):
+    root, x, _ = digits_sets
+    idx = np.random.default_rng(0).integers(0, len(x), 300)
+    a, b = ShardSet(root / "digits"), ShardSet(root / "digits", read="mmap")
+    assert a._fds and not b._fds
+    b.RELEASE_EVERY = 1  # release after every read: the rows are still right
+    np.testing.assert_array_equal(a.rows(idx), x[idx])
+    np.testing.assert_array_equal(b.rows(idx), x[idx])
+    np.testing.assert_array_equal(b.rows(idx[::-1]), x[idx[::-1]])
