@@ -252,6 +252,11 @@ def validate(cfg: DictConfig) -> None:
 
         parse_device(trainer.get("device", "auto"))
         parse_nodes(trainer)
+    parity = OmegaConf.select(cfg, "parity")
+    if isinstance(parity, DictConfig):
+        from .devices import parse_device
+
+        parse_device(parity.get("device", "cpu"), key="parity.device")
 
 
 def model_params(cfg: DictConfig) -> tuple[str, dict[str, Any]]:

@@ -135,3 +135,22 @@ def test_amp_autocasts_on_the_tensors_device(backend):
                              "trainer.device=cuda"]), write=False, progress=False)
     m = t.fit()
     assert m["device"] == "cuda:0" and np.isfinite(m["test_loss"])
+
+
+def test_parity_device_cpu_and_errors(tmp_path):
+    base = [sys.executable, "-m", "dualml", "parity", "parity.zoo=false", "parity.only=Linear", f"out_dir={tmp_path}"]
+    ok = subprocess.run([*base, "parity.device=cpu"], capture_output=True, text=True, timeout=300, env=ENV)
+    assert ok.returncode == 0, ok.stderr
+    import json
+
+    assert json.loads((tmp_path / "parity" / "report.json").read_text())["device"] == {"torch": "cpu", "paddle": "cpu"}
+    bad = subprocess.run([*base, "parity.device=tpu"], capture_output=True, text=True, timeout=300, env=ENV)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: parity.device=tpu is not allowed")
+
+
+def test_parity_on_cuda_same_tolerances(tmp_path):
+    if min(_gpus(b) for b in ("torch", "paddle")) == 0:
+        pytest.skip("no CUDA GPU visible to both torch and paddle on this machine (parity.device=cuda needs one)")
+    out = subprocess.run([sys.executable, "-m", "dualml", "parity", "parity.device=cuda", "parity.onnx=false",
+                          f"out_dir={tmp_path}"], capture_output=True, text=True, timeout=900, env=ENV)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
