@@ -137,6 +137,7 @@ class Trainer:
         self.device, self.device_note = resolve_device(self.t.get("device", "auto"), self.be.device_count(),
                                                        self.be.local_rank(), int(self.t.get("devices", 1)),
                                                        self.be.name)
+        self._host_device = self.be.device  # given back when fit() ends: models built later stay on the host
         self.be.set_device(self.device)
         self.rank, self.world_size = self.be.distributed_init()
         _joined()
@@ -334,7 +335,7 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     def _on_device(self) -> None:
         """The adapter's device is process-wide (paddle's place is): another Trainer may have moved it."""
-        if self.be.device != self.device:
+        if self.be.device is not self.device:
             self.be.set_device(self.device)
 
     def evaluate(self, split: Any) -> dict[str, float]:
@@ -384,6 +385,15 @@ class Trainer:
         return row
 
     def fit(self) -> dict[str, Any]:
+        """Train to ``total_steps`` (or an early stop), evaluate, write the run folder; returns the metrics.
+        The adapter's device is ``trainer.device`` while it runs and what it was before once it returns, so
+        code that builds models afterwards (export, parity, a teacher) does not find its tensors on a GPU."""
+        try:
+            return self._fit()
+        finally:
+            self.be.set_device(self._host_device)
+
+    def _fit(self) -> dict[str, Any]:
         from ..quiet import progress_bar
 
         self._on_device()
