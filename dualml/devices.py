@@ -28,6 +28,9 @@ class Device:
 
     kind: str = "cpu"
     index: int | None = None
+    #: full float32 math on a GPU (no TF32 in matmul/convolution): what parity compares with the CPU
+    #: tolerances; training leaves the framework's default (TF32 where the GPU has it)
+    exact: bool = False
 
     @property
     def is_cuda(self) -> bool:

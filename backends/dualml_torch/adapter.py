@@ -44,6 +44,9 @@ class TorchBackend(TorchTraining, TorchDistributed, TorchExport, TorchCompress, 
             return
         self._tdev = torch.device("cuda", device.index)
         torch.cuda.set_device(self._tdev)
+        if device.exact:  # float32 matmul/conv in full precision: parity.device=cuda keeps the CPU tolerances
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
 
     def to_device(self, module: Any) -> Any:
         return module.to(self._tdev) if self._tdev is not None else module
