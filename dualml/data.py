@@ -254,9 +254,17 @@ class ShardRows:
 
     def __init__(self, base: ShardSet, index: np.ndarray, sample_shape: tuple[int, ...] | None = None,
                  dtype: Any = None) -> None:
-        self.base, self.index = base, np.asarray(index, dtype=np.int64)
+        self.shards, self.index = base, np.asarray(index, dtype=np.int64)
         self.sample_shape = tuple(sample_shape or base.sample_shape)
         self.dtype = np.dtype(dtype or base.dtype)
+
+    #: like an ndarray that owns its memory: what this split holds in the process is its row numbers
+    base = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in memory (the row numbers), not the samples on disk: what a memory estimate counts."""
+        return int(self.index.nbytes)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -272,7 +280,7 @@ class ShardRows:
     def __getitem__(self, key: Any) -> np.ndarray:
         scalar = isinstance(key, (int, np.integer))
         rows = self.index[np.atleast_1d(key)] if scalar else self.index[key]
-        out = self.base.rows(rows).reshape((len(rows), *self.sample_shape))
+        out = self.shards.rows(rows).reshape((len(rows), *self.sample_shape))
         out = out.astype(self.dtype, copy=False)
         return out[0] if scalar else out
 
@@ -280,10 +288,10 @@ class ShardRows:
         n, *sample = shape
         if n != len(self) or math.prod(sample) != math.prod(self.sample_shape):
             raise ValueError(f"cannot reshape shard rows {self.shape} to {tuple(shape)}")
-        return ShardRows(self.base, self.index, tuple(sample), self.dtype)
+        return ShardRows(self.shards, self.index, tuple(sample), self.dtype)
 
     def astype(self, dtype: Any, copy: bool = True) -> ShardRows:
-        return ShardRows(self.base, self.index, self.sample_shape, dtype)
+        return ShardRows(self.shards, self.index, self.sample_shape, dtype)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:  # the whole split: small sets only
         out = self[np.arange(len(self))]

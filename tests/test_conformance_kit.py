@@ -83,7 +83,8 @@ def test_parity_check_catches_a_wrong_transpose_that_round_trips(broken_linear) 
 
 def test_kit_refuses_bad_arguments_in_one_line() -> None:
     backend, reference = backend_pair()
-    with pytest.raises(ConfigError, match="check=parityy is not allowed; allowed: devices, export, parity, registry, rules"):
+    with pytest.raises(ConfigError,
+                       match="check=parityy is not allowed; allowed: devices, export, parity, registry, rules"):
         check_adapter(backend, reference, checks=("parityy",))
     with pytest.raises(ConfigError, match=f"reference={backend} is the backend under test"):
         check_adapter(backend, backend)

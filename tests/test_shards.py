@@ -126,3 +126,14 @@ def test_pread_and_mmap_read_the_same_rows(digits_sets):
     np.testing.assert_array_equal(a.rows(idx), x[idx])
     np.testing.assert_array_equal(b.rows(idx), x[idx])
     np.testing.assert_array_equal(b.rows(idx[::-1]), x[idx[::-1]])
+
+
+def test_estimate_counts_what_shards_hold(digits_sets):
+    """A memory estimate counts the row numbers and labels a shard split holds, not the samples on disk."""
+    from dualml.evidence.estimate import dataset_bytes
+
+    root, x, y = digits_sets
+    s = load_dataset({"name": "shards", "path": str(root / "digits")})
+    a = load_dataset({"name": "arrays", "path": str(root / "digits.npz")})
+    assert dataset_bytes(s) == 2 * y.nbytes  # int64 row numbers + int64 labels, one of each per sample
+    assert dataset_bytes(a) == x.nbytes + y.nbytes
