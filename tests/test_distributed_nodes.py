@@ -54,14 +54,18 @@ def test_two_nodes_match_single_process(backend, tmp_path):
 
 
 @pytest.mark.parametrize("backend", selected_backends())
-def test_missing_master_is_one_line_after_the_bound(backend, tmp_path):
+@pytest.mark.parametrize("node_rank,needle", [(1, "node 1 of 2 could not join the master"),
+                                              (0, "node 0 of 2 (the master, 127.0.0.1:")])
+def test_missing_node_is_one_line_after_the_bound(backend, node_rank, needle, tmp_path):
+    """Node 1 without a master, or the master without node 1: an error after the bound, not a hang."""
     t0 = time.monotonic()
-    p = _train(f"backend={backend}", *COMMON, "trainer.nnodes=2", "trainer.node_rank=1",
+    p = _train(f"backend={backend}", *COMMON, "trainer.nnodes=2", f"trainer.node_rank={node_rank}",
                f"trainer.master_port={_free_port()}", "trainer.rendezvous_timeout_s=5", f"trainer.run_dir={tmp_path}/r")
     out, err = p.communicate(timeout=120)
     assert p.returncode != 0 and time.monotonic() - t0 < 90
     errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "no rendezvous within trainer.rendezvous_timeout_s=5" in errors[0], err
+    assert needle in errors[0], errors[0]
 
 
 def test_node_rank_out_of_range_is_one_line(tmp_path):

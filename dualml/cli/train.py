@@ -70,10 +70,12 @@ def _launch_data_parallel(cfg: DictConfig, overrides: Sequence[str]) -> int:
         sink = {} if verbose else {"stdout": f, "stderr": subprocess.STDOUT}
         rc = _run_bounded(cmd, env, sink, joined, n, nodes)
     if rc is None:
+        who = (f"node 0 of {nodes.nnodes} (the master, {nodes.master_addr}:{nodes.master_port}) did not see every "
+               "node join (are the other nodes running, with this master_addr/master_port?" if owner else
+               f"node {nodes.node_rank} of {nodes.nnodes} could not join the master {nodes.master_addr}:"
+               f"{nodes.master_port} (is node 0 running and reachable?")
         raise DualmlError(f"no rendezvous within trainer.rendezvous_timeout_s={nodes.rendezvous_timeout_s:g}: "
-                          f"node {nodes.node_rank} of {nodes.nnodes} could not join the master "
-                          f"{nodes.master_addr}:{nodes.master_port} (is node 0 running and reachable? launcher "
-                          f"log: {out})")
+                          f"{who} launcher log: {out})")
     if rc != 0:
         if not verbose:
             tail = out.read_text(errors="replace").splitlines()[-15:]
