@@ -72,7 +72,8 @@ def resolve_device(value: Any, gpus: int, local_rank: int = 0, local_ranks: int 
         if local_ranks > gpus:
             return CPU, (f"{key}=auto: {local_ranks} ranks per node but {who}sees {gpus} GPU(s), "
                          "training on cpu (gloo)")
-        return Device("cuda", local_rank), f"{key}=auto: {who}sees {gpus} CUDA GPU(s), training on cuda:{local_rank}"
+        return Device("cuda", local_rank), (f"{key}=auto: {who}sees {gpus} CUDA GPU(s), training on "
+                                            f"{_on(local_rank, local_ranks)}")
     allowed = "auto, cpu" + (", cuda, " + ", ".join(f"cuda:{i}" for i in range(gpus)) if gpus > 0 else "")
     if gpus <= 0:
         raise ConfigError(f"{key}={value} is not allowed; {who}sees no CUDA GPU on this machine; allowed: {allowed}")
@@ -81,13 +82,17 @@ def resolve_device(value: Any, gpus: int, local_rank: int = 0, local_ranks: int 
             raise ConfigError(f"{key}={value} with trainer.devices={local_ranks} is not allowed; {who}sees {gpus} "
                               f"GPU(s) and each rank needs its own; allowed: trainer.devices <= {gpus}, or "
                               f"{key}=cpu")
-        return Device("cuda", local_rank), f"{key}=cuda: training on cuda:{local_rank}"
+        return Device("cuda", local_rank), f"{key}=cuda: training on {_on(local_rank, local_ranks)}"
     if index >= gpus:
         raise ConfigError(f"{key}={value} is not allowed; {who}sees {gpus} GPU(s) on this machine; allowed: {allowed}")
     if local_ranks > 1:
         raise ConfigError(f"{key}={value} with trainer.devices={local_ranks} is not allowed; a fixed GPU cannot serve "
                           f"several ranks; allowed: {key}=cuda (rank r takes cuda:r)")
     return Device("cuda", index), f"{key}={value}: training on {Device('cuda', index)}"
+
+
+def _on(local_rank: int, local_ranks: int) -> str:
+    return f"cuda:{local_rank}" if local_ranks == 1 else f"cuda:0..cuda:{local_ranks - 1} (rank r takes cuda:r)"
 
 
 # ---------------------------------------------------------------------------------------------- several machines

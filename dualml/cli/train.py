@@ -94,25 +94,35 @@ def _run_bounded(cmd: list[str], env: dict[str, str], sink: dict[str, Any], join
                  nodes: Nodes) -> int | None:
     """Run the launcher; None when its ``n`` workers have not all passed the rendezvous within the bound
     (the launcher's process group, which this started, is then stopped). One node needs no bound."""
+    if not nodes.multi:  # same process group: Ctrl-C reaches the launcher as before
+        return subprocess.call(cmd, env=env, **sink)
+    # its own process group, so the whole launcher tree can be stopped at the deadline (or on Ctrl-C here)
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, **sink)
-    if not nodes.multi:
-        return proc.wait()
     deadline = time.monotonic() + nodes.rendezvous_timeout_s
-    while proc.poll() is None:
-        if len(list(joined.iterdir())) >= n:
-            return proc.wait()
-        if time.monotonic() > deadline:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, sig)
-                try:
-                    proc.wait(timeout=10)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-            return None
-        time.sleep(0.2)
+    try:
+        while proc.poll() is None:
+            if len(list(joined.iterdir())) >= n:
+                return proc.wait()
+            if time.monotonic() > deadline:
+                _stop_group(proc)
+                return None
+            time.sleep(0.2)
+    except BaseException:
+        _stop_group(proc)
+        raise
     return proc.returncode
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the launcher's process group (started by this command), SIGKILL what is left after 10 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _summary(metrics: dict[str, Any], run: Path) -> None:
