@@ -268,6 +268,17 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(not_allowed(key, value, allowed))
     if not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise ConfigError(f"seed={cfg.seed} is not allowed; allowed: an integer >= 0")
+    trainer = OmegaConf.select(cfg, "trainer")
+    if isinstance(trainer, DictConfig):  # syntax and ranges only; whether a GPU exists is the Trainer's question
+        from .devices import parse_device, parse_nodes
+
+        parse_device(trainer.get("device", "auto"))
+        parse_nodes(trainer)
+    parity = OmegaConf.select(cfg, "parity")
+    if isinstance(parity, DictConfig):
+        from .devices import parse_device
+
+        parse_device(parity.get("device", "cpu"), key="parity.device")
 
 
 def model_params(cfg: DictConfig) -> tuple[str, dict[str, Any]]:

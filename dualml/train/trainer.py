@@ -39,6 +39,7 @@ from ..build import (
 )
 from ..checkpoint import atomic_write_bytes, atomic_write_text, clean_stale_temps, load_weights, png_bytes, save_weights
 from ..config import model_params
+from ..devices import resolve_device
 from ..errors import ConfigError, DualmlError, DualmlWarning
 from ..module import Module, describe, named_leaves
 from ..zoo import create_model
@@ -47,7 +48,8 @@ from .optim import OptimSpec, make_groups, parse_optim
 #: config keys that may differ between a checkpoint and the run resuming it
 RESUME_MAY_CHANGE = ("backend", "trainer.resume", "trainer.run_dir", "trainer.epochs", "trainer.max_steps",
                      "out_dir", "parity", "trainer.devices", "trainer.eval_batch_size", "trainer.early_stopping",
-                     "trainer.checkpoint_every")
+                     "trainer.checkpoint_every", "trainer.device", "trainer.nnodes", "trainer.node_rank",
+                     "trainer.master_addr", "trainer.master_port", "trainer.rendezvous_timeout_s")
 
 
 class TrainingDiverged(DualmlError):
@@ -80,6 +82,16 @@ class LossScaler:
         self.good += 1
         if self.good >= self.interval:
             self.scale, self.good = self.scale * 2.0, 0
+
+
+def _joined() -> None:
+    """Tell a launching ``dualml train`` that this worker got through the rendezvous: it bounds the wait for
+    a missing master from its side (``trainer.rendezvous_timeout_s``), which paddle's launcher does not."""
+    import os
+
+    path = os.environ.get("DUALML_JOINED_DIR")
+    if path:
+        Path(path, f"joined.{os.getpid()}").touch()
 
 
 def architecture_hash(model: Module) -> str:
@@ -122,7 +134,14 @@ class Trainer:
         self.t = cfg.trainer
         self.write, self.progress = write, progress
         self.be: Backend = get_backend(cfg.backend)
+        # the device first: nccl (GPU) or gloo (CPU) is chosen from it when the process group is joined
+        self.device, self.device_note = resolve_device(self.t.get("device", "auto"), self.be.device_count(),
+                                                       self.be.local_rank(), int(self.t.get("devices", 1)),
+                                                       self.be.name)
+        self._host_device = self.be.device  # given back when fit() ends: models built later stay on the host
+        self.be.set_device(self.device)
         self.rank, self.world_size = self.be.distributed_init()
+        _joined()
         self.is_main = self.rank == 0
         name, params = model_params(cfg)
         self.model_name = name if model_name is None else model_name
@@ -166,7 +185,8 @@ class Trainer:
         self.amp = self.t.amp
         self.clip_norm = None if self.t.clip_norm is None else float(self.t.clip_norm)
         self.seed = int(cfg.seed)
-        self.net = build(self.model, cfg.backend, seed=cfg.seed, weights=weights, dtype=self.dtype)
+        # built on the host (canonical numpy weights), then moved: the checkpoint never depends on the device
+        self.net = self.be.to_device(build(self.model, cfg.backend, seed=cfg.seed, weights=weights, dtype=self.dtype))
         self.loss_fn, self.after_step = loss_fn, after_step
         # re-seeding the framework RNG per step only matters when something draws from it (a user
         # loss_fn might); otherwise it is pure cost (~3% of an mlp step, bench_trainer)
@@ -344,7 +364,13 @@ class Trainer:
             raise
 
     # ------------------------------------------------------------------ evaluation
+    def _on_device(self) -> None:
+        """The adapter's device is process-wide (paddle's place is): another Trainer may have moved it."""
+        if self.be.device is not self.device:
+            self.be.set_device(self.device)
+
     def evaluate(self, split: Any) -> dict[str, float]:
+        self._on_device()
         self.be.set_train(self.net, False)
         self._in_train_mode = False
         outs = []
@@ -390,8 +416,18 @@ class Trainer:
         return row
 
     def fit(self) -> dict[str, Any]:
+        """Train to ``total_steps`` (or an early stop), evaluate, write the run folder; returns the metrics.
+        The adapter's device is ``trainer.device`` while it runs and what it was before once it returns, so
+        code that builds models afterwards (export, parity, a teacher) does not find its tensors on a GPU."""
+        try:
+            return self._fit()
+        finally:
+            self.be.set_device(self._host_device)
+
+    def _fit(self) -> dict[str, Any]:
         from ..quiet import progress_bar
 
+        self._on_device()
         self._open_run()
         writer = None
         if self.writes:
@@ -475,6 +511,7 @@ class Trainer:
                    "test_acc": test["acc"], "test_loss": test["loss"], "best": self.best,
                    "stopped_early": stopped_early, "seconds": seconds,
                    "resumed_from": getattr(self, "resumed_from", None), "world_size": self.world_size,
+                   "device": str(self.device),
                    "rank_weight_diff_mean": rank_diff}
         if self.writes:
             atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
