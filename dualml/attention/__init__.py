@@ -9,11 +9,24 @@ canonical weights with no adapter code), selected by name with one-line errors f
 """
 from __future__ import annotations
 
-from .fusion import (FUSIONS, AdaptiveFusion, ConcatFusion, CrossAttentionFusion, GatedFusion,
-                     GatedResidualFusion, fusion)
+from .fusion import (
+           FUSIONS,
+           AdaptiveFusion,
+           ConcatFusion,
+           CrossAttentionFusion,
+           GatedFusion,
+           GatedResidualFusion,
+           fusion,
+)
 from .maps import AttentionMap, attention_layers, attention_weights, write_heatmap
-from .positions import (ENCODINGS, LearnableEncoding, RelativePositionBias, RotaryEncoding, SinusoidalEncoding,
-                        positional_encoding)
+from .positions import (
+           ENCODINGS,
+           LearnableEncoding,
+           RelativePositionBias,
+           RotaryEncoding,
+           SinusoidalEncoding,
+           positional_encoding,
+)
 from .variants import VARIANTS, LinearAttention, LocalAttention, MultiHeadAttention, attention
 
 __all__ = ["ENCODINGS", "FUSIONS", "VARIANTS", "AdaptiveFusion", "AttentionMap", "ConcatFusion",

@@ -15,7 +15,7 @@ from typing import Any
 from .. import layers as L
 from ..errors import ConfigError, not_allowed
 from ..module import Module
-from .positions import IN_ATTENTION, ENCODINGS, RelativePositionBias, RotaryEncoding, check_heads
+from .positions import ENCODINGS, IN_ATTENTION, RelativePositionBias, RotaryEncoding, check_heads
 
 #: names accepted by :func:`attention`
 VARIANTS = ("full", "local", "linear")
