@@ -10,22 +10,22 @@ canonical weights with no adapter code), selected by name with one-line errors f
 from __future__ import annotations
 
 from .fusion import (
-           FUSIONS,
-           AdaptiveFusion,
-           ConcatFusion,
-           CrossAttentionFusion,
-           GatedFusion,
-           GatedResidualFusion,
-           fusion,
+    FUSIONS,
+    AdaptiveFusion,
+    ConcatFusion,
+    CrossAttentionFusion,
+    GatedFusion,
+    GatedResidualFusion,
+    fusion,
 )
 from .maps import AttentionMap, attention_layers, attention_weights, write_heatmap
 from .positions import (
-           ENCODINGS,
-           LearnableEncoding,
-           RelativePositionBias,
-           RotaryEncoding,
-           SinusoidalEncoding,
-           positional_encoding,
+    ENCODINGS,
+    LearnableEncoding,
+    RelativePositionBias,
+    RotaryEncoding,
+    SinusoidalEncoding,
+    positional_encoding,
 )
 from .variants import VARIANTS, LinearAttention, LocalAttention, MultiHeadAttention, attention
 
