@@ -81,7 +81,7 @@ def write_heatmap(weights: np.ndarray, path: str | Path, title: str = "attention
 
     w = np.asarray(weights)[sample]
     heads = w.shape[0]
-    fig = Figure(figsize=(2.6 * heads + 0.8, 2.6))
+    fig = Figure(figsize=(2.4 * heads + 1.0, 3.0), layout="constrained")
     axes = fig.subplots(1, heads, squeeze=False)[0]
     for h, ax in enumerate(axes):
         im = ax.imshow(w[h], cmap="viridis", vmin=0.0, vmax=max(float(w.max()), 1e-12), aspect="auto")
