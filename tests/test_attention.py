@@ -235,6 +235,16 @@ def test_local_is_full_attention_under_the_window_mask(backend):
     assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_explicit_path_with_dropout_equals_the_fused_op_in_eval(backend):
+    """dropout > 0 forms the logits explicitly (the op takes no dropout); in eval it must be the same
+    function as the fused scaled_dot_product_attention path (float64, same weights)."""
+    fused, explicit = attention("local", 8, 2, window=1), attention("local", 8, 2, window=1, dropout=0.2)
+    w = {k: v.astype("float64") for k, v in random_weights(fused, 6).items()}
+    close(run64(explicit, backend, w, X), run64(fused, backend, w, X), f"dropout path on {backend}")
+    close(run64(fused, backend, w, X), ref_attention(w, X, X, 2, blocked=WINDOW > 1), f"fused path on {backend}")
+
+
 # ---------------------------------------------------------------------------- bad configs
 @pytest.mark.parametrize("make,words", [
     (lambda: attention("full", 10, 3), ["num_heads=3", "embed_dim=10", "allowed: 1, 2, 5, 10"]),
