@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .attention.cases import attention_cases
 from .backend import get_backend, registered_layers
 from .build import build, convert, get_grads, get_weights, model_dtype, native_leaves
 from .cpu import describe_cpu
@@ -132,6 +133,10 @@ def default_cases(zoo: bool = True, backends: Iterable[str] = ("torch", "paddle"
                  [InputSpec((2, 6, 8)), kp]),
             Case("layer:TransformerEncoderLayer-key-padding", "layer", MaskedEncoder(), [InputSpec((2, 6, 8)), kp])]
     out += [Case(name, "op", m, inputs, ("eval",)) for name, m, inputs in op_models()]
+    # composites of neutral ops have no train-mode behaviour of their own (no dropout in the cases):
+    # eval only, except the encoder model, which checks train mode through every piece once
+    out += [Case(name, "attention", m, inputs, ("eval", "train") if name.startswith("model:") else ("eval",))
+            for name, m, inputs in attention_cases()]
     if zoo:
         for name, factory in ZOO.items():
             model = factory(image_size=64) if name == "resnet18" else factory()

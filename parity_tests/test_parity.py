@@ -31,6 +31,11 @@ def test_suite_covers_every_registered_layer_op_and_zoo_model():
         assert f"layer:{klass.__name__}" in names
     for model in ZOO:
         assert f"model:{model}" in names
+    from dualml.attention import ENCODINGS, FUSIONS, VARIANTS
+    for name in [f"attention:{v}" for v in VARIANTS] + [f"position:{e}" for e in ENCODINGS if e in (
+            "sinusoidal", "learnable")] + [f"attention:{e}" for e in ("relative", "rotary")] + [
+            f"fusion:{f}" for f in FUSIONS]:
+        assert name in names, f"{name} has no parity case"
     import inspect
 
     from dualml import op_cases

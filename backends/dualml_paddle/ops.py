@@ -79,7 +79,8 @@ def where(cond: Any, a: Any, b: Any) -> Any:
 
 
 def masked_fill(x: Any, mask: Any, value: float) -> Any:
-    mask = paddle.broadcast_to(mask, x.shape) if list(mask.shape) != list(x.shape) else mask
+    """``where`` broadcasts the mask itself: a ``broadcast_to(mask, x.shape)`` breaks ``jit.save``
+    when x has a dynamic (batch) dimension, which dy2static hands over as -1."""
     return paddle.where(mask, paddle.full_like(x, value), x)
 
 
