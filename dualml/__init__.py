@@ -39,6 +39,9 @@ def __getattr__(name: str):  # noqa: ANN202 - the training API loads on first us
     if name == "Trainer":
         from .train.trainer import Trainer
         return Trainer
+    if name == "data":  # shard sets (numpy only): dualml.data.write_shards(x, y, dir, shard_size)
+        import importlib
+        return importlib.import_module(".data", __name__)
     raise AttributeError(f"module 'dualml' has no attribute {name!r}")
 
 

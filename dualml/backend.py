@@ -400,10 +400,44 @@ class Backend(ABC):
         """Install slot arrays, the step count and (same backend only) :meth:`optimizer_extras`, so
         the next update continues the run exactly."""
 
+    # ------------------------------------------------------------------ devices (dualml.devices parses and chooses)
+    #: the adapter's current device (``dualml.devices.Device``): where :meth:`tensor` puts new tensors and
+    #: :meth:`to_device` moves models; set by the Trainer from ``trainer.device``. Default: CPU.
+    device: Any = None
+
+    def device_count(self) -> int:
+        """CUDA GPUs this framework can use here (0: CPU only). The default is 0, so an adapter that
+        knows nothing of GPUs resolves ``trainer.device=auto`` to cpu and refuses ``cuda`` in one line."""
+        return 0
+
+    def local_rank(self) -> int:
+        """This worker's number on its node, as the framework's launcher sets it (0 alone)."""
+        return 0
+
+    def set_device(self, device: Any) -> None:
+        """Make ``device`` (a ``dualml.devices.Device``) current: new tensors and models go there.
+        The default accepts only the CPU."""
+        if device is not None and getattr(device, "kind", "cpu") != "cpu":
+            raise BackendError(f"backend={self.name} runs on cpu only; allowed: trainer.device=cpu or auto")
+        self.device = device
+
+    def to_device(self, module: Any) -> Any:
+        """Move a built model's parameters and buffers to the current device (in place; returns it).
+        Canonical weights stay numpy on the host, so checkpoints do not depend on the device."""
+        return module
+
+    def device_peak_bytes(self) -> int | None:
+        """Peak bytes the framework allocated on the current GPU since start (None on CPU / unknown),
+        reported by ``dualml estimate`` beside its formula."""
+        return None
+
     # ------------------------------------------------------------------ data parallel
     @abstractmethod
-    def launch_command(self, nproc: int, script: str, args: list[str], log_dir: str) -> list[str]:
-        """The framework's own multi-process launcher running ``script args`` on ``nproc`` workers."""
+    def launch_command(self, nproc: int, script: str, args: list[str], log_dir: str, nodes: Any = None,
+                       device: Any = None) -> list[str]:
+        """The framework's own multi-process launcher running ``script args`` on ``nproc`` workers per node.
+        ``nodes`` (``dualml.devices.Nodes``, None: one node) names the rendezvous of several machines;
+        ``device`` (``dualml.devices.Device``) says whether workers take GPUs (nccl) or not (gloo)."""
 
     @abstractmethod
     def distributed_init(self) -> tuple[int, int]:

@@ -4,6 +4,7 @@ up front with one line naming the key, the value, what is allowed and the neares
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -233,11 +234,32 @@ def _check_minimums(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r} is not allowed; allowed: {kind} {bound}")
 
 
+#: keys whose value becomes a folder name under ``out_dir`` (``<out_dir>/bench/<model.name>/``,
+#: ``<out_dir>/compress/<compress.name>-<model.name>-<backend>/``); other paths (run_dir, out=, output=) are
+#: paths the user gives on purpose
+FILE_NAME_KEYS = ("model.name", "compress.name")
+#: what such a value may hold: one path component, no ``..``, nothing a shell or another OS trips on
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_file_name(key: str, value: Any) -> None:
+    """Refuse a value that would not stay one plain name inside ``out_dir`` (``compress.name=../../x``
+    wrote outside it): a ConfigError naming the key and what is allowed."""
+    if isinstance(value, str) and SAFE_NAME.fullmatch(value) and ".." not in value:
+        return
+    raise ConfigError(f"{key}={value!r} is not allowed; it becomes a folder or file name under out_dir; allowed: "
+                      "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit, no '..' "
+                      "(no path separators, no absolute path)")
+
+
 def validate(cfg: DictConfig) -> None:
     from .backend import available_backends
 
     _check_typed_nulls(cfg)
     _check_minimums(cfg)
+    for key in FILE_NAME_KEYS:
+        if isinstance(cfg.get(key.split(".")[0]), DictConfig):  # a config without that group names no folder
+            check_file_name(key, OmegaConf.select(cfg, key))
 
     # only `backend` can be auto: parity.against names the second backend explicitly
     for key, allowed in (("backend", [*available_backends(), "auto"]), ("parity.against", available_backends())):
@@ -246,6 +268,17 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(not_allowed(key, value, allowed))
     if not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise ConfigError(f"seed={cfg.seed} is not allowed; allowed: an integer >= 0")
+    trainer = OmegaConf.select(cfg, "trainer")
+    if isinstance(trainer, DictConfig):  # syntax and ranges only; whether a GPU exists is the Trainer's question
+        from .devices import parse_device, parse_nodes
+
+        parse_device(trainer.get("device", "auto"))
+        parse_nodes(trainer)
+    parity = OmegaConf.select(cfg, "parity")
+    if isinstance(parity, DictConfig):
+        from .devices import parse_device
+
+        parse_device(parity.get("device", "cpu"), key="parity.device")
 
 
 def model_params(cfg: DictConfig) -> tuple[str, dict[str, Any]]:

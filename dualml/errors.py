@@ -50,6 +50,12 @@ class WeightsFileError(DualmlError, OSError):
     """A weights file that cannot be trusted: truncated, tampered or not a dualml file."""
 
 
+class DiskFullError(DualmlError, OSError):
+    """No space left (or quota exhausted) while writing a file: one line naming the file (exit 2);
+    the atomic writer removed its temp file, so the previous version of the file is intact. ``errno``
+    stays the system's (ENOSPC or EDQUOT) for code that tests it on any OSError."""
+
+
 class LayerInputError(DualmlError, ValueError):
     """A layer received an input whose shape or dtype it cannot take."""
 

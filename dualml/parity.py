@@ -191,7 +191,8 @@ class _Side:
     def __init__(self, backend: str, model: Module | Layer, weights: dict[str, np.ndarray], train: bool,
                  dtype: str = "float32") -> None:
         self.be = get_backend(backend)
-        self.net = build(model, backend, weights=weights, dtype=dtype)
+        # built on the host, then moved to the adapter's current device (``parity.device``; cpu by default)
+        self.net = self.be.to_device(build(model, backend, weights=weights, dtype=dtype))
         self.be.set_train(self.net, train)
         self.dtype = dtype
 

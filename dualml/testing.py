@@ -6,7 +6,7 @@ point group (see :mod:`dualml.backend`). Its own test suite calls::
     from dualml.testing import check_adapter
     check_adapter("mybackend", reference="torch")
 
-which raises :class:`ConformanceError` listing every problem, one line each, from four checks:
+which raises :class:`ConformanceError` listing every problem, one line each, from five checks:
 
 1. ``registry``: every neutral layer in ``dualml.layers.BUILTIN_LAYERS`` has a native builder for
    the backend and every op of ``dualml.ops.OPS`` is in its op namespace;
@@ -16,6 +16,9 @@ which raises :class:`ConformanceError` listing every problem, one line each, fro
    reference backend at the parity suite's three levels (it calls :func:`dualml.parity.run_case`);
 4. ``export``: a small model exports to ONNX on both backends, ONNX Runtime matches each eager model
    and the two files agree (it calls :func:`dualml.onnx.export.onnx_parity`).
+5. ``devices``: ``device_count``/``local_rank`` are integers >= 0, the CPU device changes nothing, and
+   where the adapter sees a GPU a small model moved there (full float32 math) gives the CPU's outputs
+   within the parity tolerance and its weights back bit for bit (the contract's defaults: CPU only).
 
 The checks also run one by one (``check_registry`` ...), each returning its problems, so a suite can
 parametrize over them. Nothing here imports a framework: everything goes through the adapters.
@@ -44,7 +47,7 @@ from .parity import Tolerance, default_cases, random_weights, run_case
 ENV = "DUALML_TEST_BACKENDS"
 
 #: the checks :func:`check_adapter` runs, in order
-CHECKS = ("registry", "rules", "parity", "export")
+CHECKS = ("registry", "rules", "parity", "export", "devices")
 
 
 class ConformanceError(AssertionError):
@@ -267,6 +270,45 @@ def check_export(backend: str, reference: str, models: dict[str, Module] | None 
             for r in report["results"] if not r["passed"]]
 
 
+def check_devices(backend: str) -> list[str]:
+    """The device members of the contract: counts, the CPU as a no-op, and (with a GPU) the same model there."""
+    from .devices import CPU, Device
+    from .zoo import CNN
+
+    be = get_backend(backend)
+    problems = []
+    n, r = be.device_count(), be.local_rank()
+    if not isinstance(n, int) or n < 0 or not isinstance(r, int) or r < 0:
+        return [f"devices: device_count()={n!r}, local_rank()={r!r}; both must be integers >= 0"]
+    previous = be.device
+    model = CNN()
+    weights = random_weights(model, seed=0)
+    x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    try:
+        be.set_device(CPU)
+        net = be.to_device(build(model, backend, weights=weights))
+        be.set_train(net, False)
+        with be.no_grad():
+            ref = be.numpy(net(be.tensor(x))).copy()
+        if n > 0:
+            be.set_device(Device("cuda", 0, exact=True))
+            gnet = be.to_device(build(model, backend, weights=weights))
+            be.set_train(gnet, False)
+            with be.no_grad():
+                out = be.numpy(gnet(be.tensor(x)))
+            if not np.allclose(out, ref, atol=1e-5, rtol=1e-5):
+                problems.append(f"devices: cnn on cuda:0 differs from cpu by {float(np.abs(out - ref).max()):.3g} "
+                                "(atol 1e-5, rtol 1e-5)")
+            bad = [k for k, v in get_weights(gnet).items() if not np.array_equal(v, weights[k])]
+            if bad:
+                problems.append(f"devices: weights read back from cuda:0 differ: {', '.join(bad[:5])}")
+    except Exception as exc:  # an adapter bug: report it as a problem, like the other checks
+        problems.append(f"devices: {type(exc).__name__}: {_first_line(exc)}")
+    finally:
+        be.set_device(previous)
+    return problems
+
+
 def check_adapter(backend: str, reference: str, checks: Sequence[str] = CHECKS,
                   layers: Sequence[type[Layer]] | None = None) -> None:
     """Run the kit's ``checks`` on ``backend`` against ``reference`` (an adapter known to be right,
@@ -281,7 +323,8 @@ def check_adapter(backend: str, reference: str, checks: Sequence[str] = CHECKS,
     run = {"registry": lambda: check_registry(backend, layers),
            "rules": lambda: check_rules(backend, layers),
            "parity": lambda: check_parity(backend, reference, layers),
-           "export": lambda: check_export(backend, reference)}
+           "export": lambda: check_export(backend, reference),
+           "devices": lambda: check_devices(backend)}
     problems = [p for name in checks for p in run[name]()]
     if problems:
         raise ConformanceError(f"backend={backend} fails {len(problems)} conformance check(s) against "

@@ -97,5 +97,6 @@ def test_failed_export_is_recorded_not_raised(tmp_path):
 def test_worker_failure_is_one_line(tmp_path, capsys):
     assert main(["bench", "model=mlp", "data.batch_size=100000", f"out_dir={tmp_path}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: bench worker for torch failed: ConfigError: data.batch_size=100000 is larger")
+    assert err.startswith(
+        "error: bench worker for torch failed: ConfigError: data.batch_size=100000 is not allowed with a train split")
     assert (tmp_path / "bench" / "mlp" / "logs" / "torch.log").exists()

@@ -83,7 +83,8 @@ def test_parity_check_catches_a_wrong_transpose_that_round_trips(broken_linear) 
 
 def test_kit_refuses_bad_arguments_in_one_line() -> None:
     backend, reference = backend_pair()
-    with pytest.raises(ConfigError, match="check=parityy is not allowed; allowed: export, parity, registry, rules"):
+    with pytest.raises(ConfigError,
+                       match="check=parityy is not allowed; allowed: devices, export, parity, registry, rules"):
         check_adapter(backend, reference, checks=("parityy",))
     with pytest.raises(ConfigError, match=f"reference={backend} is the backend under test"):
         check_adapter(backend, backend)
@@ -120,3 +121,15 @@ def test_rules_check_reads_canonical_arrays_bit_exactly() -> None:
     assert _arrays_equal(a, b) == ["w changed in the round trip"]
     assert _arrays_equal(a, {"w": a["w"].T.copy()}) == ["w is float32[3, 2], expected float32[2, 3]"]
     assert _arrays_equal(a, {}) == ["w missing"]
+
+
+@pytest.mark.parametrize("backend", selected_backends())
+def test_device_check(backend, monkeypatch):
+    """The kit's device check passes on the built-in adapters and names a broken device member."""
+    from dualml.backend import get_backend
+    from dualml.testing import check_devices
+
+    assert check_devices(backend) == []
+    be = get_backend(backend)
+    monkeypatch.setattr(type(be), "device_count", lambda self: -1)
+    assert check_devices(backend) == ["devices: device_count()=-1, local_rank()=0; both must be integers >= 0"]

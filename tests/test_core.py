@@ -99,7 +99,7 @@ def test_safetensors_round_trip_and_metadata(tmp_path, tiny):
     w = dualml.init_weights(tiny, 5)
     path = save_weights(tmp_path / "w.safetensors", w, {"model": "tiny"})
     got, meta = load_weights(path)
-    assert meta["model"] == "tiny" and meta["format"] == "dualml-canonical-v1"
+    assert meta["model"] == "tiny" and meta["format"] == "dualml-canonical-v2"
     assert all(np.array_equal(got[k], w[k]) for k in w)
     assert b"pickle" not in path.read_bytes()[:200]
 

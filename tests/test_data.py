@@ -205,7 +205,8 @@ def test_hook(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("cfg,needle", [
-    ({"name": "digitz"}, "data.name=digitz is not allowed; allowed: arrays, digits, hook (did you mean 'digits'?)"),
+    ({"name": "digitz"}, "data.name=digitz is not allowed; allowed: arrays, digits, hook, shards "
+                         "(did you mean 'digits'?)"),
     ({"name": "digits", "val_fracton": 0.1}, "unknown config key 'data.val_fracton' (did you mean "
                                              "'data.val_fraction'?)"),
     ({"name": "digits", "val_fraction": 0}, "data.val_fraction=0 is not allowed; it must be a number > 0 and < 1"),

@@ -185,7 +185,13 @@ def test_cli_measures_both_backends(tmp_path):
         assert m["peak_rss"] > m["baseline"] > 0 and m["delta"] == m["peak_rss"] - m["baseline"] > 0
         assert [p["phase"] for p in m["phases"]] == ["data loaded", "trainer built", "step 1", "step 2"]
         assert c["estimate"] == e["total"] and c["ratio"] == pytest.approx(e["total"] / m["delta"])
+        if m["device"] == "cpu":  # the device peak is a GPU counter: skipped with the reason on a CPU run
+            assert m["device_peak"] is None and c["device_ratio"] is None
+            assert m["device_peak_note"].startswith("skipped: the run was on cpu")
+        else:
+            assert m["device_peak"] > 0 and c["device_ratio"] == pytest.approx(e["total"] / m["device_peak"])
     # same seed, same batches: the two backends train the same curve
     assert report["measured"]["torch"]["losses"] == pytest.approx(report["measured"]["paddle"]["losses"], rel=1e-4)
     md = (out / "report.md").read_text()
     assert "| parameters |" in md and "| torch |" in md and "| paddle |" in md and "within 30%" in md
+    assert "Device memory" in md

@@ -684,3 +684,28 @@ def test_quantize_records_reduce_range_in_report_and_file(model, tmp_path):
         assert meta[META_REDUCE_RANGE] == str(want).lower()
     with pytest.raises(DualmlError, match="reduce_range=maybe is not allowed"):
         quantize_onnx(src, tmp_path / "q.onnx", "dynamic", reduce_range="maybe")
+
+
+def test_providers_auto_and_unknown_is_one_line(tmp_path):
+    """serve.providers: auto is CUDA only where onnxruntime has it; a provider this onnxruntime lacks is a
+    one-line error (exit 2) listing the ones it has."""
+    import onnxruntime
+
+    from dualml.errors import ConfigError
+    from dualml.onnx.ort import resolve_providers
+
+    have = onnxruntime.get_available_providers()
+    expect = ["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in have \
+        else ["CPUExecutionProvider"]
+    assert resolve_providers("auto") == expect
+    assert resolve_providers("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"])[0] == "CUDAExecutionProvider"
+    assert resolve_providers("cpu") == ["CPUExecutionProvider"]
+    assert resolve_providers("cuda,cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        "CUDAExecutionProvider", "CPUExecutionProvider"]
+    with pytest.raises(ConfigError, match="no 'warp'; allowed: auto, CPUExecutionProvider"):
+        resolve_providers("warp", ["CPUExecutionProvider"])
+    if "CUDAExecutionProvider" not in have:
+        out = subprocess.run([sys.executable, "-m", "dualml", "serve", str(tmp_path / "m.onnx"), "providers=cuda"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert "serve.providers=cuda is not allowed; this onnxruntime has no 'cuda'; allowed: auto, " in out.stderr

@@ -19,6 +19,7 @@ from .layers import FLOAT32_CONSTANTS
 from .quantization import PaddleQuantization
 from .training import PaddleTraining
 
+# CPU until a Trainer asks for a GPU (trainer.device): parity, export and estimates stay on the host
 paddle.set_device("cpu")
 
 
@@ -32,6 +33,30 @@ class PaddleBackend(PaddleTraining, PaddleDistributed, PaddleExport, PaddleCompr
     float32_constants = FLOAT32_CONSTANTS
     module_base = paddle.nn.Layer
     ops = ops
+
+    # ------------------------------------------------------------------ devices
+    def device_count(self) -> int:
+        return paddle.device.cuda.device_count() if paddle.device.is_compiled_with_cuda() else 0
+
+    def local_rank(self) -> int:
+        import os
+
+        return int(os.environ.get("PADDLE_LOCAL_RANK", "0"))
+
+    def set_device(self, device: Any) -> None:
+        # paddle's place is process-wide: new tensors and parameters go there (``gpu:N`` is paddle's cuda:N)
+        self.device = device
+        paddle.set_device(f"gpu:{device.index}" if device is not None and device.is_cuda else "cpu")
+
+    def to_device(self, module: Any) -> Any:
+        if self.device is not None and self.device.is_cuda:
+            module.to(device=f"gpu:{self.device.index}")
+        return module
+
+    def device_peak_bytes(self) -> int | None:
+        if self.device is None or not self.device.is_cuda:
+            return None
+        return int(paddle.device.cuda.max_memory_allocated(self.device.index))
 
     def container(self, kind: str, children: list[Any]) -> Any:
         return paddle.nn.Sequential(*children) if kind == "sequential" else paddle.nn.LayerList(children)
@@ -56,7 +81,7 @@ class PaddleBackend(PaddleTraining, PaddleDistributed, PaddleExport, PaddleCompr
             state[k].set_value(np.array(v, order="C"))
 
     def grads(self, module: Any) -> dict[str, np.ndarray]:
-        return {k: (p.grad.numpy().copy() if p.grad is not None else np.zeros(p.shape, self.dtype_name(p)))
+        return {k: (self.numpy(p.grad).copy() if p.grad is not None else np.zeros(p.shape, self.dtype_name(p)))
                 for k, p in module.named_parameters()}
 
     def tensor(self, value: np.ndarray, requires_grad: bool = False, copy: bool = True) -> Any:

@@ -12,9 +12,14 @@ import paddle.distributed as dist
 
 
 class PaddleDistributed:
-    def launch_command(self, nproc: int, script: str, args: list[str], log_dir: str) -> list[str]:
-        devices = [] if paddle.device.is_compiled_with_cuda() else ["--devices", ""]
-        return [sys.executable, "-m", "paddle.distributed.launch", f"--nproc_per_node={nproc}", *devices,
+    def launch_command(self, nproc: int, script: str, args: list[str], log_dir: str, nodes: Any = None,
+                       device: Any = None) -> list[str]:
+        on_gpu = device is not None and device.is_cuda
+        devices = ["--devices", ",".join(str(i) for i in range(nproc)) if on_gpu else ""]
+        where = [] if nodes is None or not nodes.multi else [
+            "--master", f"{nodes.master_addr}:{nodes.master_port}", "--nnodes", str(nodes.nnodes),
+            "--rank", str(nodes.node_rank)]
+        return [sys.executable, "-m", "paddle.distributed.launch", *where, f"--nproc_per_node={nproc}", *devices,
                 "--log_dir", log_dir, script, *args]
 
     def distributed_init(self) -> tuple[int, int]:

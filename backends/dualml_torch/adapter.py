@@ -25,6 +25,34 @@ class TorchBackend(TorchTraining, TorchDistributed, TorchExport, TorchCompress, 
     version = torch.__version__
     module_base = torch.nn.Module
     ops = ops
+    #: torch.device of the current device, None on the CPU (the per-step path then adds no ``.to``)
+    _tdev: Any = None
+
+    # ------------------------------------------------------------------ devices
+    def device_count(self) -> int:
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+    def local_rank(self) -> int:
+        import os
+
+        return int(os.environ.get("LOCAL_RANK", "0"))
+
+    def set_device(self, device: Any) -> None:
+        self.device = device
+        if device is None or not device.is_cuda:
+            self._tdev = None
+            return
+        self._tdev = torch.device("cuda", device.index)
+        torch.cuda.set_device(self._tdev)
+        if device.exact:  # float32 matmul/conv in full precision: parity.device=cuda keeps the CPU tolerances
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+
+    def to_device(self, module: Any) -> Any:
+        return module.to(self._tdev) if self._tdev is not None else module
+
+    def device_peak_bytes(self) -> int | None:
+        return int(torch.cuda.max_memory_allocated(self._tdev)) if self._tdev is not None else None
 
     def container(self, kind: str, children: list[Any]) -> Any:
         return torch.nn.Sequential(*children) if kind == "sequential" else torch.nn.ModuleList(children)
@@ -49,13 +77,15 @@ class TorchBackend(TorchTraining, TorchDistributed, TorchExport, TorchCompress, 
                 state[k].copy_(torch.from_numpy(np.array(v, order="C")))  # keeps 0-d
 
     def grads(self, module: Any) -> dict[str, np.ndarray]:
-        return {k: (p.grad.detach().numpy().copy() if p.grad is not None else np.zeros(tuple(p.shape), "float32"))
+        return {k: (self.numpy(p.grad).copy() if p.grad is not None else np.zeros(tuple(p.shape), "float32"))
                 for k, p in module.named_parameters()}
 
     def tensor(self, value: np.ndarray, requires_grad: bool = False, copy: bool = True) -> Any:
         # from_numpy shares memory: without a copy a later write to the array would change the tensor
         shareable = not copy and isinstance(value, np.ndarray) and value.flags.writeable and value.flags.c_contiguous
         t = torch.from_numpy(value if shareable else np.array(value, copy=True))
+        if self._tdev is not None:
+            t = t.to(self._tdev, non_blocking=False)
         return t.requires_grad_(True) if requires_grad and t.is_floating_point() else t
 
     def numpy(self, tensor: Any) -> np.ndarray:
@@ -94,10 +124,11 @@ class TorchBackend(TorchTraining, TorchDistributed, TorchExport, TorchCompress, 
         return torch.no_grad()
 
     def backward(self, outputs: list[Any], grad_outputs: list[np.ndarray]) -> None:
-        torch.autograd.backward(outputs, [torch.from_numpy(np.array(g, dtype=g.dtype, ndmin=0)) for g in grad_outputs])
+        torch.autograd.backward(outputs, [torch.from_numpy(np.array(g, dtype=g.dtype, ndmin=0)).to(o.device)
+                                          for o, g in zip(outputs, grad_outputs)])
 
     def input_grad(self, tensor: Any) -> np.ndarray | None:
-        return None if tensor.grad is None else tensor.grad.numpy().copy()
+        return None if tensor.grad is None else self.numpy(tensor.grad).copy()
 
     def seed(self, seed: int) -> None:
         # dropout draws from the default CPU generator (on GPU from CUDA's): seed those directly.

@@ -50,7 +50,8 @@ class TorchTraining:
         for nothing (an mlp step on digits is ~1 ms; see benchmarks/bench_trainer.py)."""
         if amp is None:
             return contextlib.nullcontext()
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        # on the device the tensors are on (trainer.device), not wherever CUDA happens to exist
+        device = "cuda" if getattr(self, "_tdev", None) is not None else "cpu"
         return torch.autocast(device, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
     def backward_scaled(self, loss: Any, scale: float) -> None:
@@ -91,7 +92,7 @@ class TorchTraining:
             state = opt.state.get(p, {})
             for slot in spec.slots:
                 if state.get(_TORCH_SLOTS[slot]) is not None:
-                    out[slot][name] = state[_TORCH_SLOTS[slot]].detach().numpy().copy()
+                    out[slot][name] = self.numpy(state[_TORCH_SLOTS[slot]]).copy()
         return out
 
     def load_optimizer_slots(self, opt: Any, module: Any, spec: Any, slots: dict[str, dict[str, np.ndarray]],
@@ -100,7 +101,7 @@ class TorchTraining:
             state = {}
             for slot in spec.slots:
                 if name in slots.get(slot, {}):
-                    state[_TORCH_SLOTS[slot]] = torch.from_numpy(np.array(slots[slot][name], order="C"))
+                    state[_TORCH_SLOTS[slot]] = torch.from_numpy(np.array(slots[slot][name], order="C")).to(p.device)
             if state:
                 if spec.name != "sgd":
                     state["step"] = torch.tensor(float(step))

@@ -54,6 +54,11 @@ def resolve_auto(cfg: Any) -> str:
     why = stale(decision, cfg) if path.is_file() else "no decision yet"
     if why is not None:
         decision = decide(cfg, run_bench=run_bench)
+        still = stale(decision, cfg)
+        if still is not None:  # the report itself is another model's or data's: deciding again cannot help
+            raise DualmlError(f"backend=auto: no decision for this config: {still}; run `dualml bench "
+                              f"model={cfg.model.name} data={cfg.data.name}` to measure it, or choose "
+                              "backend=torch or backend=paddle")
         write_decision(decision, path)
     pick = decision["pick"]
     if pick is None:

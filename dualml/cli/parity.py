@@ -5,12 +5,16 @@ from a config, prints the table and writes the report.
 """
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Sequence
 
 from omegaconf import DictConfig
 
+from ..backend import get_backend
 from ..build import check_dtype
 from ..cpu import describe_cpu
+from ..devices import CPU, resolve_device
 from ..errors import DualmlError
 from ..onnx.export import onnx_markdown, onnx_parity
 from ..parity import Tolerance, default_cases, markdown, run_suite
@@ -23,6 +27,25 @@ HELP = 'run the parity suite between `backend` and `parity.against`'
 #: config sections (or keys) ``dualml parity --help`` lists
 KEYS = ('backend', 'seed', 'out_dir', 'parity')
 SECTION = None
+
+
+def _set_devices(value: str, backends: Sequence[str]) -> dict[str, str]:
+    """``parity.device``: both backends run every case on this device (cpu | cuda | cuda:N | auto), with the
+    same tolerances; a device one of them cannot use is a one-line error before any case runs."""
+    chosen = {}
+    for b in backends:
+        be = get_backend(b)
+        device, _ = resolve_device(value, be.device_count(), backend=b, key="parity.device")
+        chosen[b] = dataclasses.replace(device, exact=True) if device.is_cuda else device
+    if any(d.is_cuda for d in chosen.values()):
+        # cuBLAS/cuDNN honour this for every framework (paddle has no switch of its own we rely on): TF32 would
+        # round float32 inputs to 10 mantissa bits, 1e-3 off, far outside the parity tolerances
+        os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")
+    for b, device in chosen.items():
+        get_backend(b).set_device(device)
+    if any(d.is_cuda for d in chosen.values()):
+        say("parity on " + ", ".join(f"{b} {d}" for b, d in chosen.items()))
+    return {b: str(d) for b, d in chosen.items()}
 
 
 def cmd_parity(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
@@ -42,7 +65,13 @@ def cmd_parity(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
     say(f"parity in {dtype}: |a-b| <= {tol.atol:g} + {tol.rtol:g}*|b| (forward), "
           f"{tol.grad_atol:g} + {tol.grad_rtol:g}*|b| (gradients); CPU {cpu['cpu_flags']}, kernel limits "
           f"{cpu['kernel_limits']}")
-    report = run_suite(cases, backends, tol, seed=cfg.seed, dtype=dtype)
+    devices = _set_devices(cfg.parity.get("device", "cpu"), backends)
+    try:
+        report = run_suite(cases, backends, tol, seed=cfg.seed, dtype=dtype)
+    finally:  # ONNX parity and anything after it compare on the host, as exported graphs are checked there
+        for b in backends:
+            get_backend(b).set_device(CPU)
+    report["device"] = devices
     groups: dict[str, list[dict]] = {}
     for r in report["results"]:
         groups.setdefault(r["group"], []).append(r)

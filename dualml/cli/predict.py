@@ -1,11 +1,14 @@
 """``dualml predict``: run an ONNX model on an .npy file: `dualml predict model.onnx input=x.npy`.
 
-Reading and checking the input is dualml.onnx.serve's (the server checks requests the same way).
+Reading and checking the input is dualml.onnx.serve's (the server checks requests the same way). Rows
+holding NaN or inf are refused (a model answers them with class 0 at probability nan); ``output=`` naming
+a folder (existing, or ending in ``/``) writes ``<input name>-outputs.npy`` inside it.
 """
 from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig
@@ -36,6 +39,12 @@ def cmd_predict(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
     x, note = sig.prepare(load_npy(p.input))
     if note:
         warn(f"{note}")
+    if x.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+        if len(bad):
+            rows = ", ".join(str(int(i)) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")
+            raise DualmlError(f"input file {p.input}: {len(bad)} row(s) hold NaN or inf (rows {rows}); allowed: "
+                              "finite values (drop or impute those rows first)")
     step = len(x) if sig.fixed_batch else PREDICT_CHUNK
     try:
         y = np.concatenate([ort.run(sess, x[i:i + step]) for i in range(0, len(x), step)])
@@ -43,10 +52,11 @@ def cmd_predict(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
         raise DualmlError(f"ONNX Runtime failed on {p.input} (shape {list(x.shape)} {x.dtype}): "
                           f"{one_line(exc)}") from None
     if p.output:
+        out = output_path(p.output, p.input)
         buf = io.BytesIO()
         np.save(buf, y)
-        atomic_write_bytes(p.output, buf.getvalue())
-        result(f"wrote outputs {list(y.shape)} {y.dtype} for {len(x)} rows to {p.output}")
+        atomic_write_bytes(out, buf.getvalue())
+        result(f"wrote outputs {list(y.shape)} {y.dtype} for {len(x)} rows to {out}")
         return 0
     c = classify(y)
     if c is None:
@@ -62,3 +72,11 @@ def cmd_predict(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
     counts = dict(zip(*np.unique(cls, return_counts=True)))
     result("class counts: " + ", ".join(f"{int(k)}: {int(n)}" for k, n in counts.items()))
     return 0
+
+
+def output_path(output: str, input_file: str) -> Path:
+    """``output`` itself, or ``<output>/<input stem>-outputs.npy`` when it names a folder (one that exists,
+    or any path ending in ``/``): writing onto a folder's name fails with "Is a directory"."""
+    if output.endswith(("/", "\\")) or Path(output).is_dir():
+        return Path(output) / f"{Path(input_file).stem}-outputs.npy"
+    return Path(output)

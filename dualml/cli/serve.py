@@ -37,7 +37,7 @@ def cmd_serve(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
         s.model, s.host, port, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, queue_size=s.queue_size,
         max_body_bytes=s.max_body_bytes, batching=s.batching, threads=s.threads, max_connections=s.max_connections,
         request_timeout_s=s.request_timeout_s, idle_timeout_s=s.idle_timeout_s, token=token,
-        access_log=s.access_log, name=s.get("name"))
+        access_log=s.access_log, name=s.get("name"), providers=s.get("providers", "auto"))
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     b, m = server.batcher, server.model
@@ -48,7 +48,7 @@ def cmd_serve(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
     result(f"serving {s.model} on {server.url} as model {m.name!r} (POST /predict, /v2/models/{m.name}/infer, "
           f"GET /health, /metrics); inputs {ins}; batching {'on' if b.batching else 'off'} (max_batch "
           f"{b.max_batch}, max_wait_ms {b.max_wait * 1000:g}, queue_size {b.queue_size}); "
-          f"{'token required' if token else 'no token'}")
+          f"{'token required' if token else 'no token'}; providers {', '.join(server.providers)}")
     if not token and s.host not in ("127.0.0.1", "localhost", "::1"):
         warn(f"listening on {s.host} without a token: anyone who can reach this port can use the model; "
              f"put it behind a gateway or set {TOKEN_ENV}")

@@ -5,8 +5,10 @@ launcher, so it needs the command line itself, which only the CLI has.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -17,6 +19,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from ..backend import get_backend
+from ..devices import Nodes, check_master_resolves, parse_nodes, resolve_device
 from ..errors import DualmlError
 from ..train.trainer import Trainer, TrainingDiverged
 from .log import VERBOSE, error, keep_in, result, say, verbosity
@@ -29,33 +32,97 @@ SECTION = None
 
 
 def _launch_data_parallel(cfg: DictConfig, overrides: Sequence[str]) -> int:
-    """``trainer.devices=N``: re-run this command on N workers under the framework's own launcher."""
+    """``trainer.devices=N`` / ``trainer.nnodes=M``: re-run this command on N workers (per node) under the
+    framework's own launcher. The device is resolved here first, so a bad ``trainer.device`` is one line
+    before any worker starts. Several nodes: the wait for the rendezvous is bounded from this side too
+    (``trainer.rendezvous_timeout_s``): paddle's launcher waits for a missing master forever."""
     n = int(cfg.trainer.devices)
-    run = cfg.trainer.run_dir or f"runs/{cfg.model.name}-{cfg.backend}-dp{n}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if Path(run).exists() and not cfg.trainer.resume:
+    nodes = parse_nodes(cfg.trainer)
+    be = get_backend(cfg.backend)
+    device, note = resolve_device(cfg.trainer.get("device", "auto"), be.device_count(), 0, n, be.name)
+    if nodes.multi:
+        check_master_resolves(nodes)
+    tag = f"dp{n}" if not nodes.multi else f"n{nodes.nnodes}x{n}"
+    run = cfg.trainer.run_dir or f"runs/{cfg.model.name}-{cfg.backend}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
+    owner = nodes.node_rank == 0  # only node 0's rank 0 writes the run folder
+    if owner and Path(run).exists() and not cfg.trainer.resume:
         raise DualmlError(f"run folder {run} already exists; choose another trainer.run_dir or continue it "
                           "with trainer.resume=true (nothing was overwritten)")
     args = ["train", *[o for o in overrides if not o.startswith("trainer.run_dir=")], f"trainer.run_dir={run}"]
     logs = tempfile.mkdtemp(prefix="dualml-launch-")
     script = str(Path(__file__).with_name("launch_worker.py"))
-    cmd = get_backend(cfg.backend).launch_command(n, script, args, logs)
-    say(f"launching {n} {cfg.backend} workers: {' '.join(cmd)}")
+    kwargs: dict[str, Any] = {}
+    if nodes.multi:
+        kwargs["nodes"] = nodes
+    if device.is_cuda:
+        kwargs["device"] = device
+    cmd = be.launch_command(n, script, args, logs, **kwargs)
+    say(note)
+    say(f"launching {n} {cfg.backend} worker(s)" + (f" on node {nodes.node_rank} of {nodes.nnodes} (master "
+        f"{nodes.master_addr}:{nodes.master_port})" if nodes.multi else "") + f": {' '.join(cmd)}")
     keep_in(logs)
-    env = {**os.environ, "DUALML_WORKER": "1"}
-    if verbosity() >= VERBOSE:
-        rc = subprocess.call(cmd, env=env)
-    else:  # the launchers' INFO lines (paddle prints ~36) go to a file; the summary is read from the run
-        out = Path(logs) / "launcher.out"
-        with open(out, "w") as f:
-            rc = subprocess.call(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
-        if rc != 0:
+    joined = Path(logs) / "joined"
+    joined.mkdir()
+    env = {**os.environ, "DUALML_WORKER": "1", "DUALML_JOINED_DIR": str(joined)}
+    out = Path(logs) / "launcher.out"
+    verbose = verbosity() >= VERBOSE
+    with open(out, "w") as f:
+        sink = {} if verbose else {"stdout": f, "stderr": subprocess.STDOUT}
+        rc = _run_bounded(cmd, env, sink, joined, n, nodes)
+    if rc is None:
+        who = (f"node 0 of {nodes.nnodes} (the master, {nodes.master_addr}:{nodes.master_port}) did not see every "
+               "node join (are the other nodes running, with this master_addr/master_port?" if owner else
+               f"node {nodes.node_rank} of {nodes.nnodes} could not join the master {nodes.master_addr}:"
+               f"{nodes.master_port} (is node 0 running and reachable?")
+        raise DualmlError(f"no rendezvous within trainer.rendezvous_timeout_s={nodes.rendezvous_timeout_s:g}: "
+                          f"{who} launcher log: {out})")
+    if rc != 0:
+        if not verbose:
             tail = out.read_text(errors="replace").splitlines()[-15:]
             error("the %s launcher exited with %d; last lines of %s:\n%s", cfg.backend, rc, out, "\n".join(tail))
-            return rc
+        return rc
+    if owner and not verbose:
         metrics = json.loads((Path(run) / "metrics.json").read_text())
         _summary(metrics, Path(run))
+    elif not owner:
+        say(f"node {nodes.node_rank} done; node 0 writes the run folder {run}")
     say(f"launcher logs: {logs}")
     return rc
+
+
+def _run_bounded(cmd: list[str], env: dict[str, str], sink: dict[str, Any], joined: Path, n: int,
+                 nodes: Nodes) -> int | None:
+    """Run the launcher; None when its ``n`` workers have not all passed the rendezvous within the bound
+    (the launcher's process group, which this started, is then stopped). One node needs no bound."""
+    if not nodes.multi:  # same process group: Ctrl-C reaches the launcher as before
+        return subprocess.call(cmd, env=env, **sink)
+    # its own process group, so the whole launcher tree can be stopped at the deadline (or on Ctrl-C here)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, **sink)
+    deadline = time.monotonic() + nodes.rendezvous_timeout_s
+    try:
+        while proc.poll() is None:
+            if len(list(joined.iterdir())) >= n:
+                return proc.wait()
+            if time.monotonic() > deadline:
+                _stop_group(proc)
+                return None
+            time.sleep(0.2)
+    except BaseException:
+        _stop_group(proc)
+        raise
+    return proc.returncode
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the launcher's process group (started by this command), SIGKILL what is left after 10 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _summary(metrics: dict[str, Any], run: Path) -> None:
@@ -70,11 +137,13 @@ def _summary(metrics: dict[str, Any], run: Path) -> None:
 
 def cmd_train(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
     """Train, or with ``trainer.devices=N`` relaunch this command line on N workers; exit 1 if training diverged."""
-    if int(cfg.trainer.devices) > 1 and not os.environ.get("DUALML_WORKER"):
+    if (int(cfg.trainer.devices) > 1 or int(cfg.trainer.get("nnodes", 1)) > 1) and not os.environ.get("DUALML_WORKER"):
         return _launch_data_parallel(cfg, overrides)
     if int(cfg.trainer.devices) < 1:
         raise DualmlError(f"trainer.devices={cfg.trainer.devices} is not allowed; allowed: an integer >= 1")
     trainer = Trainer(cfg)
+    if trainer.is_main and not os.environ.get("DUALML_WORKER"):
+        say(trainer.device_note)
     try:
         metrics = trainer.fit()
     except TrainingDiverged as exc:

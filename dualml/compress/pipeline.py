@@ -224,6 +224,9 @@ def _trainer_cfg(cfg: Any, epochs: int, lr: float | None, model_cfg: dict | None
         OmegaConf.update(c, "data.batch_size", int(batch_size), merge=False)
     OmegaConf.update(c, "trainer.epochs", int(epochs), merge=False)
     OmegaConf.update(c, "trainer.max_steps", None, merge=False)
+    # fine-tuning inside the pipeline stays on the host: its passes (torch.ao / PaddleSlim quantization,
+    # masks, a native teacher) are CPU code that was never run against a model on a GPU
+    OmegaConf.update(c, "trainer.device", "cpu", merge=False)
     if lr is not None:
         OmegaConf.update(c, "trainer.optimizer.lr", float(lr), merge=False)
     if model_cfg is not None:

@@ -33,8 +33,8 @@ reported per criterion.
 
 ``backend=auto`` (``dualml.cli.auto.resolve_auto``, run by the command line before any command) reads
 the latest ``<out_dir>/decide/decision.json`` and re-decides when it is missing or stale (:func:`stale`:
-matrix changed, bench report gone or re-run), running the bench when no report exists. This module
-imports no framework and runs no benchmark.
+matrix changed, bench report gone or re-run, measured for another model or data), running the
+bench when no report exists. This module imports no framework and runs no benchmark.
 """
 from __future__ import annotations
 
@@ -543,6 +543,12 @@ def stale(decision: Any, cfg: Any) -> str | None:
         return f"decide.bench={given} differs from its report {bench['path']}"
     if not Path(bench["path"]).is_file():
         return f"its bench report {bench['path']} is gone"
+    if not given and bench.get("model") != cfg.model.name:  # decide.bench=FILE or latest: the user's choice
+        return (f"it was measured for model {bench.get('model')} ({bench['path']}), not model={cfg.model.name}; "
+                f"the evidence must be this model's")
+    data = OmegaConf.select(cfg, "data.name")
+    if not given and bench.get("data") not in (None, data):
+        return f"it was measured on data {bench.get('data')}, not data={data}"
     if load_bench(Path(bench["path"])).get("created") != bench.get("created"):
         return f"its bench report {bench['path']} was re-run"
     return None

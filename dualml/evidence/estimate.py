@@ -430,7 +430,14 @@ def measure_worker(cfg: DictConfig, plan: dict[str, Any], steps: int) -> dict[st
     losses = _train(trainer, steps, mark)
     end = _status()
     peak = max(end["VmHWM"], *(p["peak"] for p in phases))
-    return {"backend": be.name, "device": "cpu", "steps": steps, "losses": losses,
+    # on a GPU the formula's terms live in device memory: the framework's own peak counter is the measurement
+    # (since process start: the warm-up at batch 2 is smaller than the run, so the run's step sets it)
+    device_peak = be.device_peak_bytes()
+    device_note = None if device_peak is not None else (
+        f"skipped: the run was on {trainer.device} ({trainer.device_note}); the device peak "
+        "(torch.cuda.max_memory_allocated / paddle.device.cuda.max_memory_allocated) exists on a GPU only")
+    return {"backend": be.name, "device": str(trainer.device), "steps": steps, "losses": losses,
+            "device_peak": device_peak, "device_peak_note": device_note,
             "threads": be.threads(), "peak_resettable": resettable,
             "rss_start": start["VmRSS"], "rss_imported": imported["VmRSS"], "baseline": base["VmRSS"],
             "warmup": base["VmRSS"] - imported["VmRSS"], "peak_rss": peak, "delta": peak - base["VmRSS"],
@@ -469,7 +476,10 @@ def compare(est: Estimate, m: dict[str, Any]) -> dict[str, Any]:
             "subtotal_ratio": est.subtotal / delta, "margin_needed": delta / max(est.subtotal, 1) - 1,
             "baseline": m["baseline"], "peak_rss": m["peak_rss"],
             "whole_process_estimate": m["baseline"] + est.total,
-            "whole_process_ratio": (m["baseline"] + est.total) / m["peak_rss"]}
+            "whole_process_ratio": (m["baseline"] + est.total) / m["peak_rss"],
+            "device": m.get("device", "cpu"), "device_peak": m.get("device_peak"),
+            "device_ratio": est.total / m["device_peak"] if m.get("device_peak") else None,
+            "device_peak_note": m.get("device_peak_note")}
 
 
 def _mb(b: float) -> str:
@@ -505,6 +515,13 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{'yes' if c['within_target'] else 'no'} | {c['subtotal_ratio']:.2f} | "
                      f"{100 * c['margin_needed']:+.0f}% | {_mb(c['baseline'])} | "
                      f"{_mb(c['peak_rss'])} | {c['whole_process_ratio']:.2f} |")
+    lines += ["", "Device memory (the framework's own peak allocation counter, next to the formula's total):", ""]
+    for b, c in report["comparison"].items():
+        if c.get("device_peak"):
+            lines.append(f"- {b} on {c['device']}: peak {_mb(c['device_peak'])} MiB allocated; estimate / peak "
+                         f"{c['device_ratio']:.2f}")
+        else:
+            lines.append(f"- {b}: {c.get('device_peak_note') or 'not measured'}")
     phases = [p["phase"] for p in next(iter(meas.values()))["phases"]]
     lines += ["", "Peak RSS above the baseline after each phase, then what RSS still holds at the end: anonymous "
               "memory and file-backed pages (framework code first touched by this model) (MiB):", "",

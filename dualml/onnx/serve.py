@@ -463,7 +463,7 @@ class ModelServer(ThreadingHTTPServer):
                  queue_size: int = 256, max_body_bytes: int = 1 << 20, batching: bool = True, threads: int = 1,
                  max_connections: int = 128, request_timeout_s: float = 30.0, idle_timeout_s: float = 15.0,
                  token: str | None = None, access_log: bool | IO[str] = True, name: str | None = None,
-                 run_fn: RunFn | None = None) -> None:
+                 run_fn: RunFn | None = None, providers: Any = "auto") -> None:
         self.max_batch = int_setting("max_batch", max_batch, 1)
         self.queue_size = int_setting("queue_size", queue_size, 1)
         self.max_body_bytes = int_setting("max_body_bytes", max_body_bytes, 1)
@@ -473,6 +473,7 @@ class ModelServer(ThreadingHTTPServer):
         self.request_timeout_s = number_setting("request_timeout_s", request_timeout_s, 0.0, strict=True)
         self.idle_timeout_s = number_setting("idle_timeout_s", idle_timeout_s, 0.0, strict=True)
         self.batching = bool_setting("batching", batching)
+        self.providers = ort.resolve_providers(providers)  # checked before the socket opens: one line, exit 2
         if token is not None and (not isinstance(token, str) or not token.strip() or len(token) < 8):
             raise DualmlError("serve.token is not allowed: give a string of at least 8 characters (or null; "
                               f"prefer the {TOKEN_ENV} environment variable, which process listings do not show)")
@@ -526,7 +527,8 @@ class ModelServer(ThreadingHTTPServer):
         """Create the ONNX Runtime session, warm it up at batch 1 (and ``max_batch``), start the batcher,
         then mark the server ready. A failure leaves it live but never ready (``load_error`` says why)."""
         try:
-            sess = ort.session(self.model_path, self.threads)
+            sess = ort.session(self.model_path, self.threads, self.providers)
+            self.providers = list(sess.get_providers())  # what the session really runs on
             inputs = [v2.TensorSpec(n, tuple(s), d) for n, s, d in ort.io_specs(sess.get_inputs(), "input")]
             outputs = [v2.TensorSpec(n, tuple(s), d) for n, s, d in ort.io_specs(sess.get_outputs(), "output")]
             meta = sess.get_modelmeta().custom_metadata_map

@@ -61,7 +61,7 @@ class Dataset:
 
 
 #: ``data.name`` values and the keys each one uses besides the common ones.
-DATASETS: dict[str, tuple[str, ...]] = {"digits": (), "arrays": ("path",), "hook": ("hook",)}
+DATASETS: dict[str, tuple[str, ...]] = {"digits": (), "arrays": ("path",), "hook": ("hook",), "shards": ("path",)}
 #: Every key ``data`` may hold, with defaults (``batch_size`` is read by the trainer, not here).
 DATA_KEYS: dict[str, Any] = {"name": "digits", "val_fraction": 0.1, "test_fraction": 0.2, "batch_size": 64,
                              "standardize": False, "path": None, "hook": None}
@@ -128,6 +128,30 @@ def _arrays(path: str) -> tuple[np.ndarray, np.ndarray]:
         raise ConfigError(f"data.path={path} is not allowed; it lacks array(s) {', '.join(missing)} "
                           f"(has: {', '.join(files) or 'none'}; needs x and y)")
     return arrays["x"], arrays["y"]
+
+
+def _shards(cfg: dict[str, Any], seed: int) -> Dataset:
+    """``data=shards``: the memory-mapped set at ``data.path`` split like ``data=arrays`` (same labels, same
+    seed: same rows in each split), its samples read a batch at a time (``dualml.data.ShardRows``)."""
+    from ..data import ShardRows, ShardSet
+
+    where = f"data.path={cfg['path']}"
+    if cfg["standardize"]:
+        raise ConfigError("data.standardize=true is not allowed with data.name=shards (it would read the whole "
+                          "set); standardize the samples when writing the shards")
+    base = ShardSet(cfg["path"])
+    y = base.y
+    if len(y) and y.min() < 0:
+        raise ConfigError(f"{where}: y must hold integer class labels >= 0")
+    if np.issubdtype(base.dtype, np.floating):  # what data=arrays makes of them, cast per batch
+        dtype: Any = np.float32
+    elif np.issubdtype(base.dtype, np.integer):
+        dtype = np.int64
+    else:
+        raise ConfigError(f"{where}: x has dtype {base.dtype}; allowed: floating or integer arrays")
+    tr, va, te = _split(where, y, cfg["val_fraction"], cfg["test_fraction"], seed)
+    split = lambda rows: Split(ShardRows(base, rows, dtype=dtype), y[rows])  # noqa: E731
+    return Dataset(Path(str(cfg["path"])).name, split(tr), split(va), split(te), int(y.max()) + 1)
 
 
 def _hook(spec: str) -> Any:
@@ -263,6 +287,11 @@ def load_dataset(data_cfg: Mapping[str, Any] | None, input_shape: tuple[int, ...
         raise ConfigError(f"seed={seed!r} is not allowed; it must be an integer >= 0")
     name = cfg["name"]
     where = f"data.name={name}"
+    if name == "shards":
+        ds = _shards(cfg, int(seed))
+        if input_shape is not None:
+            ds = _reshape(ds, tuple(input_shape))
+        return ds
     if name == "digits":
         raw: Any = _digits()
     elif name == "arrays":

@@ -18,6 +18,7 @@ import io
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,9 +37,10 @@ from ..build import (
     param_index,
     set_weights,
 )
-from ..checkpoint import atomic_write_text, load_weights, save_weights
+from ..checkpoint import atomic_write_bytes, atomic_write_text, clean_stale_temps, load_weights, png_bytes, save_weights
 from ..config import model_params
-from ..errors import ConfigError, DualmlError
+from ..devices import resolve_device
+from ..errors import ConfigError, DualmlError, DualmlWarning
 from ..module import Module, describe, named_leaves
 from ..zoo import create_model
 from .optim import OptimSpec, make_groups, parse_optim
@@ -46,7 +48,8 @@ from .optim import OptimSpec, make_groups, parse_optim
 #: config keys that may differ between a checkpoint and the run resuming it
 RESUME_MAY_CHANGE = ("backend", "trainer.resume", "trainer.run_dir", "trainer.epochs", "trainer.max_steps",
                      "out_dir", "parity", "trainer.devices", "trainer.eval_batch_size", "trainer.early_stopping",
-                     "trainer.checkpoint_every")
+                     "trainer.checkpoint_every", "trainer.device", "trainer.nnodes", "trainer.node_rank",
+                     "trainer.master_addr", "trainer.master_port", "trainer.rendezvous_timeout_s")
 
 
 class TrainingDiverged(DualmlError):
@@ -79,6 +82,16 @@ class LossScaler:
         self.good += 1
         if self.good >= self.interval:
             self.scale, self.good = self.scale * 2.0, 0
+
+
+def _joined() -> None:
+    """Tell a launching ``dualml train`` that this worker got through the rendezvous: it bounds the wait for
+    a missing master from its side (``trainer.rendezvous_timeout_s``), which paddle's launcher does not."""
+    import os
+
+    path = os.environ.get("DUALML_JOINED_DIR")
+    if path:
+        Path(path, f"joined.{os.getpid()}").touch()
 
 
 def architecture_hash(model: Module) -> str:
@@ -121,7 +134,14 @@ class Trainer:
         self.t = cfg.trainer
         self.write, self.progress = write, progress
         self.be: Backend = get_backend(cfg.backend)
+        # the device first: nccl (GPU) or gloo (CPU) is chosen from it when the process group is joined
+        self.device, self.device_note = resolve_device(self.t.get("device", "auto"), self.be.device_count(),
+                                                       self.be.local_rank(), int(self.t.get("devices", 1)),
+                                                       self.be.name)
+        self._host_device = self.be.device  # given back when fit() ends: models built later stay on the host
+        self.be.set_device(self.device)
         self.rank, self.world_size = self.be.distributed_init()
+        _joined()
         self.is_main = self.rank == 0
         name, params = model_params(cfg)
         self.model_name = name if model_name is None else model_name
@@ -165,7 +185,8 @@ class Trainer:
         self.amp = self.t.amp
         self.clip_norm = None if self.t.clip_norm is None else float(self.t.clip_norm)
         self.seed = int(cfg.seed)
-        self.net = build(self.model, cfg.backend, seed=cfg.seed, weights=weights, dtype=self.dtype)
+        # built on the host (canonical numpy weights), then moved: the checkpoint never depends on the device
+        self.net = self.be.to_device(build(self.model, cfg.backend, seed=cfg.seed, weights=weights, dtype=self.dtype))
         self.loss_fn, self.after_step = loss_fn, after_step
         # re-seeding the framework RNG per step only matters when something draws from it (a user
         # loss_fn might); otherwise it is pure cost (~3% of an mlp step, bench_trainer)
@@ -248,6 +269,11 @@ class Trainer:
         save_weights(path, arrays, self._state_meta())
 
     def _resume(self, path: Path) -> None:
+        if self.is_main:
+            files, size = clean_stale_temps(path.parent)
+            if files:
+                warnings.warn(f"removed {files} stale temp file(s) ({size} bytes) from {path.parent}: left by a "
+                              "write that was killed before it finished", DualmlWarning, stacklevel=2)
         arrays, meta = load_weights(path)
         if meta.get("kind") != "dualml-train-checkpoint":
             raise DualmlError(f"{path} is not a training checkpoint")
@@ -278,9 +304,30 @@ class Trainer:
             self.scaler = LossScaler(**meta["loss_scaler"])
         self.epoch = self.step // self.steps_per_epoch  # complete epochs; the loader skips into the next
         self.resumed_from = {"step": self.step, "backend": meta["backend"]}
+        self._warn_replanned(theirs)
         if self.is_main:
             self.history.steps = self._truncate_csv("steps.csv", self.step)
             self.history.epochs = self._truncate_csv("epochs.csv", self.step)
+
+    def _warn_replanned(self, theirs: dict[str, Any]) -> None:
+        """Warn when a resume changes the planned total steps (``trainer.epochs``/``max_steps`` may change)
+        and with it the learning-rate curve: a cosine schedule re-planned from 57 to 114 steps jumps from
+        its tail back up to a high rate, which is legitimate but must not pass unseen."""
+        from .schedules import schedule
+
+        old = theirs.get("trainer.max_steps") or int(theirs.get("trainer.epochs", 0)) * self.steps_per_epoch
+        if not old or old == self.total_steps:
+            return
+        n = min(old, self.total_steps)
+        raw = OmegaConf.to_container(self.t.schedule, resolve=True)  # derived keys (t_max) follow the total
+        planned = schedule(self.spec.lr, raw, old)
+        if np.array_equal(planned[:n], np.asarray(self.lrs[:n])):
+            return  # constant, step, ...: the curve is the same where both plans have it
+        last = f"; the last step ran at lr {planned[min(self.step, old) - 1]:.3g}" if self.step else ""
+        then = f", the next runs at {self.lrs[self.step]:.3g}" if self.step < self.total_steps else ""
+        warnings.warn(f"resume re-plans the {raw.get('name', 'constant')} lr schedule from {old} to "
+                      f"{self.total_steps} total steps (trainer.epochs or trainer.max_steps changed), so the lr "
+                      f"curve changes{last}{then}", DualmlWarning, stacklevel=3)
 
     def _truncate_csv(self, name: str, last_step: int) -> list[dict[str, float]]:
         """Drop rows the killed run logged after its last checkpoint (they will be logged again)."""
@@ -306,14 +353,24 @@ class Trainer:
             return
         path = self.run_dir / name
         new = not path.is_file()
-        with path.open("a", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        try:
+            with path.open("a", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=list(row))
+                if new:
+                    w.writeheader()
+                w.writerow(row)
+        except OSError as exc:  # a full disk fails in the buffered write, which names no file
+            exc.filename = exc.filename or str(path)
+            raise
 
     # ------------------------------------------------------------------ evaluation
+    def _on_device(self) -> None:
+        """The adapter's device is process-wide (paddle's place is): another Trainer may have moved it."""
+        if self.be.device is not self.device:
+            self.be.set_device(self.device)
+
     def evaluate(self, split: Any) -> dict[str, float]:
+        self._on_device()
         self.be.set_train(self.net, False)
         self._in_train_mode = False
         outs = []
@@ -359,8 +416,18 @@ class Trainer:
         return row
 
     def fit(self) -> dict[str, Any]:
+        """Train to ``total_steps`` (or an early stop), evaluate, write the run folder; returns the metrics.
+        The adapter's device is ``trainer.device`` while it runs and what it was before once it returns, so
+        code that builds models afterwards (export, parity, a teacher) does not find its tensors on a GPU."""
+        try:
+            return self._fit()
+        finally:
+            self.be.set_device(self._host_device)
+
+    def _fit(self) -> dict[str, Any]:
         from ..quiet import progress_bar
 
+        self._on_device()
         self._open_run()
         writer = None
         if self.writes:
@@ -444,6 +511,7 @@ class Trainer:
                    "test_acc": test["acc"], "test_loss": test["loss"], "best": self.best,
                    "stopped_early": stopped_early, "seconds": seconds,
                    "resumed_from": getattr(self, "resumed_from", None), "world_size": self.world_size,
+                   "device": str(self.device),
                    "rank_weight_diff_mean": rank_diff}
         if self.writes:
             atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
@@ -473,7 +541,4 @@ class Trainer:
         b.legend()
         fig.suptitle(f"{self.model_name} on {self.data.name} [{self.be.name}]")
         fig.tight_layout()
-        tmp = self.run_dir / ".curves.png.tmp"
-        fig.savefig(tmp, format="png", dpi=100)
-        plt.close(fig)
-        tmp.replace(self.run_dir / "curves.png")
+        atomic_write_bytes(self.run_dir / "curves.png", png_bytes(fig, dpi=100))
