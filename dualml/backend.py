@@ -484,6 +484,12 @@ class Backend(ABC):
         raise BackendError(f"backend={self.name} has no filter-selection tool; allowed: prune selection=numpy "
                            "(dualml's own l1 | l2 | fpgm on canonical weights)")
 
+    def filter_selection_support(self) -> str | None:
+        """None when :meth:`select_filters` works in this install, else why not (checked before a
+        compression pipeline spends any training time; e.g. a framework line without its pruning tool)."""
+        return None if type(self).select_filters is not Backend.select_filters else (
+            f"backend={self.name} has no filter-selection tool")
+
     # ------------------------------------------------------------------ quantization (dualml.compress.quantization)
     def quantize_dynamic(self, net: Any) -> Any:
         """INT8 Linear weights without data (torch: activations quantized per batch; paddle: weight-only).

@@ -154,6 +154,25 @@ def unselected_reason(names: Iterable[str]) -> str | None:
     return _why_fewer(" and ".join(names))
 
 
+def skip_if_refused(why: str | None, attempt: Any, *expected: str) -> None:
+    """For a test of a feature that a backend refuses in this install (a framework line without the
+    tool, e.g. PaddleSlim's filter pruners on lane 3; the adapter says so through
+    ``Backend.filter_selection_support`` / ``quantization_support``): when ``why`` is None, return and let
+    the test run. Otherwise the refusal is what is tested: ``attempt()`` must raise a :class:`DualmlError`
+    whose message carries ``why`` and every string of ``expected``; then the test is skipped, saying why."""
+    import pytest
+
+    from .errors import DualmlError
+
+    if why is None:
+        return
+    with pytest.raises(DualmlError) as info:
+        attempt()
+    for text in (why, *expected):
+        assert text in str(info.value), (text, str(info.value))
+    pytest.skip(f"refused on this framework line (the refusal was asserted): {why}")
+
+
 # ---------------------------------------------------------------- the conformance kit
 
 def _examples(layers: Iterable[type[Layer]] | None) -> list[tuple[str, Layer]]:

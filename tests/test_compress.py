@@ -14,7 +14,7 @@ from dualml.compress.pipeline import parse_steps
 from dualml.config import load_config
 from dualml.errors import ConfigError
 from dualml.onnx.export import eager
-from dualml.testing import selected_backends
+from dualml.testing import selected_backends, skip_if_refused
 from dualml.zoo import create_model
 
 
@@ -137,6 +137,9 @@ def test_quantize_pipeline_writes_int8_onnx_with_the_claimed_accuracy(backend, p
 
     cfg = load_config([f"backend={backend}", "model=cnn", f"compress={pipeline}", "trainer.epochs=3",
                        "compress.latency_repeats=3", f"out_dir={tmp_path}"])
+    mode = {"ptq": "static"}.get(pipeline, pipeline)
+    skip_if_refused(dualml.get_backend(backend).quantization_support(mode),
+                    lambda: parse_steps(cfg.compress, create_model("cnn"), backend), f"quantize mode={mode}")
     report = run_pipeline(cfg, tmp_path)
     base, q = report["stages"][0], report["stages"][1]
     assert q["quantized"] == ("qat" if pipeline == "qat" else "static" if pipeline == "ptq" else "dynamic")
@@ -151,3 +154,24 @@ def test_quantize_pipeline_writes_int8_onnx_with_the_claimed_accuracy(backend, p
     else:
         assert q["weight_bytes_ratio"] < 0.33, q["weight_bytes_ratio"]
         assert q["size_ratio"] < 0.7
+
+
+@pytest.mark.backends("paddle")
+@pytest.mark.parametrize("pipeline, what", [("ptq", "quantize mode=static"), ("qat", "quantize mode=qat"),
+                                            ("prune_qat", "prune selection=backend")])
+def test_paddle_pipelines_run_or_are_refused_in_one_line(pipeline, what, tmp_path):
+    """Each paddle pipeline either validates (its framework tools exist on this framework line) or the
+    command refuses it before any training: one ``error:`` line naming the lane that has it, exit 2."""
+    be = dualml.get_backend("paddle")
+    refusal = be.filter_selection_support() if "prune" in what else be.quantization_support(what.rsplit("=", 1)[1])
+    cfg = load_config(["backend=paddle", "model=cnn", f"compress={pipeline}"])
+    if refusal is None:
+        assert parse_steps(cfg.compress, create_model("cnn"), "paddle")
+        return
+    out = subprocess.run([sys.executable, "-m", "dualml", "compress", "backend=paddle", "model=cnn",
+                          f"compress={pipeline}", f"out_dir={tmp_path}"], capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and what in lines[0], out.stderr
+    assert refusal in lines[0] and "lane 2.6" in lines[0]
+    assert not (tmp_path / "compress").exists()  # refused before anything ran

@@ -72,8 +72,12 @@ out["fold"] = {"changed": sorted(f.changed), "weights": digest(f.weights)}
 out["macs"] = [flops(model)["macs"], flops(f.model)["macs"]]
 p = prune_channels(model, w, 0.5)
 out["prune"] = {"removed": p.removed, "weights": digest(p.weights), "macs": flops(p.model)["macs"]}
-s = prune_channels(model, w, 0.5, backend="paddle")  # PaddleSlim's selection, the paddle adapter's select_filters
-out["slim"] = {k: len(v) for k, v in s.removed.items()}
+out["slim_refusal"] = get_backend("paddle").filter_selection_support()  # lane 3: no PaddleSlim
+try:
+    s = prune_channels(model, w, 0.5, backend="paddle")  # PaddleSlim's selection, the paddle adapter's select_filters
+    out["slim"] = {k: len(v) for k, v in s.removed.items()}
+except BackendError as exc:
+    out["slim"] = str(exc)
 # the pipeline's own passes, on its configured backend
 cfg = load_config(["model=cnn", "data=digits", "backend=paddle", "trainer.max_steps=2"])
 steps = parse_steps({"steps": [{"pass": "fold_bn"}, {"pass": "prune", "ratio": 0.5, "selection": "numpy"}]},
@@ -139,5 +143,8 @@ def test_paddle_only_install_folds_counts_prunes_and_trains():
     assert got["prune"] == {"removed": {k: list(v) for k, v in pruned.removed.items()},
                             "weights": _digest(pruned.weights), "macs": _cnn_macs(8, 16, bn=True)}
     assert got["pipeline_prune"] == _digest(pruned.weights)
-    assert got["slim"] == {"conv1": 8, "conv2": 16}
+    if got["slim_refusal"] is None:
+        assert got["slim"] == {"conv1": 8, "conv2": 16}
+    else:  # lane 3: refused in one line that says why and which lane has it
+        assert got["slim_refusal"] in got["slim"] and "lane 2.6" in got["slim"] and "\n" not in got["slim"]
     assert len(got["losses"]) == 2 and all(np.isfinite(got["losses"]))

@@ -21,6 +21,7 @@ from dualml.compress import quantization as Q
 from dualml.config import load_config
 from dualml.errors import BackendError, ConfigError
 from dualml.onnx.int8 import calibration_batches, evaluate_onnx
+from dualml.testing import skip_if_refused
 from dualml.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -52,11 +53,15 @@ def test_pass_native_and_onnx(trained, backend, mode, tmp_path):
     ds = trained["data"]
     x, y = ds.test.x, ds.test.y
     net, fp32 = _fp32(trained, backend)
-    if mode == "qat":
-        qnet = Q.qat_train(net, backend, ds, epochs=1, lr=QAT_LR, batch_size=64, seed=0)
-    else:
-        calib = calibration_batches(ds.train.x, 4, 64, 0) if mode == "static" else None
-        qnet = Q.quantize(net, backend, mode, calib)
+    calib = calibration_batches(ds.train.x, 4, 64, 0) if mode == "static" else None
+
+    def make():
+        if mode == "qat":
+            return Q.qat_train(net, backend, ds, epochs=1, lr=QAT_LR, batch_size=64, seed=0)
+        return Q.quantize(net, backend, mode, calib)
+
+    skip_if_refused(get_backend(backend).quantization_support(mode), make, f"quantize mode={mode}", "export.quantize")
+    qnet = make()
     native = Q.evaluate_native(qnet, backend, x, y)
     assert abs(native - fp32) <= ACC_DROP, f"{backend} {mode}: fp32 {fp32:.4f} -> int8 {native:.4f}"
 
@@ -82,6 +87,8 @@ def test_static_int8_weights_are_smaller(trained, tmp_path):
     from dualml.onnx.int8 import initializer_bytes
 
     ds = trained["data"]
+    skip_if_refused(get_backend("paddle").quantization_support("static"),
+                    lambda: Q.quantize(_fp32(trained, "paddle")[0], "paddle", "static", [ds.train.x[:64]]))
     fp32 = tmp_path / "fp32.onnx"
     export_model(trained["model"], "paddle", trained["weights"], fp32, ds.test.x[:4])
     net, _ = _fp32(trained, "paddle")
@@ -126,5 +133,6 @@ def test_dynamic_needs_a_linear(backend):
             return [nn.InputSpec((batch, 1, 8, 8))]
 
     net = dualml.build(ConvOnly(), backend)
+    skip_if_refused(get_backend(backend).quantization_support("dynamic"), lambda: Q.quantize(net, backend, "dynamic"))
     with pytest.raises(BackendError, match="found no nn.Linear"):
         Q.quantize(net, backend, "dynamic")

@@ -24,6 +24,11 @@ def test_the_guard_lives_in_one_place() -> None:
 @pytest.mark.backends("paddle")
 def test_adapter_then_paddleslim_in_a_fresh_interpreter() -> None:
     """``dualml_paddle``'s layers import paddle before any dualml module; its ``__init__`` imports dualml first."""
+    import importlib.util
+
+    if importlib.util.find_spec("paddleslim") is None:  # lane 3 (requirements-lane3.txt) has no PaddleSlim
+        pytest.skip("PaddleSlim is not installed (lane 3: PaddleSlim 2.6.0 fails on Paddle 3); the segfault "
+                    "this guards against is paddle then paddleslim")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "backends"),
                                                          os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", "import dualml_paddle, paddleslim"], env=env,

@@ -6,6 +6,13 @@ variables are coupled), then ``prune_var(..., apply=None)`` returns the pruning 
 touching the model: the conv's own mask (axis 0) gives the removed filters and the plan's other
 variables give the layers PaddleSlim considers coupled. The removal is done by dualml's neutral
 code, so both backends build the identical pruned model.
+
+Lane 3 (Paddle 3) has no PaddleSlim: its latest release, 2.6.0, imports on paddle 3.3.1 (with six,
+requests, decorator, pyzmq and setuptools<81 added by hand) but constructing ``L1NormFilterPruner``
+fails with ``AttributeError: module 'paddle.base.dygraph.base' has no attribute
+'_to_static_mode_guard_'`` (measured; the dy2static guard it imports was removed in Paddle 3). So on
+lane 3 ``selection=backend`` is refused in one line, before any training, pointing at lane 2.6 and at
+``selection=numpy`` (dualml's own L1/L2/FPGM, the reference the parity suite holds PaddleSlim to).
 """
 from __future__ import annotations
 
@@ -17,10 +24,24 @@ import numpy as np
 from dualml.errors import BackendError
 from dualml.quiet import quiet
 
+from .lane import LANE, PADDLE3, STACKS, VERSION
+
+#: why the paddle filter-selection tool is missing in this process, or None (see the module docstring)
+NO_PADDLESLIM = (f"PaddleSlim's filter pruners are lane 2.6 only ({STACKS['lane 2.6']}); this is {LANE} (paddle "
+                 f"{VERSION}), where PaddleSlim 2.6.0 "
+                 "fails (L1NormFilterPruner: paddle.base.dygraph.base has no _to_static_mode_guard_)"
+                 if PADDLE3 else None)
+
 
 class PaddleCompress:
+    def filter_selection_support(self) -> str | None:
+        return NO_PADDLESLIM
+
     def select_filters(self, net: Any, ratios: dict[str, float], method: str, inputs: Any) -> dict[str, Any]:
         """{conv path: Selection} for ``ratios`` {conv path: ratio} by ``method`` (l1 | l2 | fpgm)."""
+        if NO_PADDLESLIM:
+            raise BackendError(f"prune selection by backend=paddle is not supported: {NO_PADDLESLIM}; allowed: "
+                               "selection=numpy / backend=None (dualml's own l1 | l2 | fpgm on canonical weights)")
         from paddleslim.dygraph import FPGMFilterPruner, L1NormFilterPruner, L2NormFilterPruner
 
         from dualml.build import native_leaves

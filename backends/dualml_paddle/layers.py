@@ -18,6 +18,8 @@ from dualml.backend import Rule, implements, prefixed, rename, same
 from dualml.backend import float32_held as f32
 from dualml.errors import LayerInputError
 
+from .lane import PADDLE3
+
 P = "paddle"
 
 
@@ -160,7 +162,11 @@ for _cls, _native in ((L.ReLU, nn.ReLU), (L.SiLU, nn.Silu), (L.Sigmoid, nn.Sigmo
     implements(_cls, P)(lambda s, n=_native: n())
 implements(L.GELU, P)(lambda s: nn.GELU(approximate=s.approximate == "tanh"))
 implements(L.Softmax, P)(lambda s: nn.Softmax(axis=s.dim))
-implements(L.LeakyReLU, P)(lambda s: nn.LeakyReLU(s.negative_slope))
+# Paddle 2.6's leaky_relu holds its slope as a float32 attribute (in float64, -1 -> -0.009999999776); torch is
+# given that float32 value (dualml_torch: float32_held), the one meaning of the slope on both. Paddle 3 keeps
+# the slope in double (measured on 3.3.1: -1 -> -0.01; float64 parity off by 8.9e-9), so on lane 3 paddle is
+# given the float32 value too: float64 runs compute one function, float32 runs are unchanged.
+implements(L.LeakyReLU, P)(lambda s: nn.LeakyReLU(f32(s.negative_slope) if PADDLE3 else s.negative_slope))
 implements(L.PReLU, P, rules=lambda s: rename({"weight": "_weight"}))(lambda s: nn.PReLU(s.num_parameters, s.init))
 implements(L.Flatten, P)(lambda s: nn.Flatten(s.start_dim, s.end_dim))
 

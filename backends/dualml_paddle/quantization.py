@@ -47,6 +47,8 @@ import paddle
 from dualml.errors import BackendError
 from dualml.quiet import quiet
 
+from .lane import LANE, PADDLE3, STACKS, VERSION
+
 # PaddleSlim prints and logs on every call (deprecation notes, observer progress): the calls run in
 # dualml.quiet.quiet(level=logging.ERROR)
 
@@ -141,14 +143,51 @@ def _count_quanted(model: Any) -> int:
     return sum(isinstance(m, ConvertibleQuantedLayer) for m in model.sublayers())
 
 
+#: Lane 3 (Paddle 3): why paddle-native INT8 is refused, per mode (measured with paddle 3.3.1 + paddle2onnx
+#: 2.1.0 on the digits cnn; paddle 3 has no per-channel weight observer of its own, the ones above are
+#: PaddleSlim's, which lane 3 lacks, so paddle's per-tensor AbsmaxObserver was tried):
+#: - PTQ (static, dynamic): ``convert`` works, then ``paddle.jit.save`` fails in PIR: ``LinearQuanter.forward``'s
+#:   PIR branch (paddle/nn/quant/format.py) creates a persistable value of the input's shape, and the batch
+#:   dimension -1 is refused ("Expected data[i] >= 0, but received data[i]:-1", infermeta/nullary.cc). Saving
+#:   under ``paddle.pir_utils.OldIrGuard`` or with a fixed batch works, but paddle2onnx 2.1.0 then aborts the
+#:   process on ``quantize_linear`` at every opset ("Due to opset version, the model exporting is aborted" at
+#:   13 and 16, "Only support e4m3 or e5m2 now" at 19): no route to an ONNX file.
+#: - QAT: ``convert`` raises ``TypeError: Can't constructs a 'paddle.Tensor' with data type NoneType``: the
+#:   abs-max quanter's ``zero_points()`` is None and ``LinearQuanter.__init__`` passes it to ``to_tensor``
+#:   (its fallback line reads ``zero_point if zero_point is not None else zero_point``); past that, the same
+#:   export failure as PTQ.
+#: Searched PaddlePaddle's issues for a workaround: Paddle#54266 (the same TypeError elsewhere, open, no fix),
+#: Paddle PR #59441 (``remain_weight``, used above); none for either failure. Lane 3 therefore quantizes the
+#: fp32 export with ONNX Runtime (``export.quantize=static|dynamic``), which both lanes and backends share.
+_LANE3_REFUSAL = {
+    "static": "the PTQ-converted model fails in paddle.jit.save (PIR: LinearQuanter makes a persistable of the "
+              "input shape, batch -1) and paddle2onnx 2.1.0 aborts on quantize_linear at every opset",
+    "qat": "QAT.convert raises TypeError (LinearQuanter is given zero_point None) and the converted model meets "
+           "the PTQ export failure (paddle2onnx 2.1.0 aborts on quantize_linear)",
+}
+_LANE3_REFUSAL["dynamic"] = _LANE3_REFUSAL["static"]
+
+
 class PaddleQuantization:
     """Adapter mixin: the quantization methods of :class:`dualml.backend.Backend` for paddle."""
 
     def quantization_support(self, mode: str) -> str | None:
-        return None if mode in ("dynamic", "static", "qat") else f"unknown quantization mode {mode!r}"
+        if mode not in ("dynamic", "static", "qat"):
+            return f"unknown quantization mode {mode!r}"
+        if PADDLE3:
+            return (f"paddle-native INT8 is lane 2.6 only ({STACKS['lane 2.6']}); on {LANE} (paddle {VERSION}) "
+                    f"{_LANE3_REFUSAL[mode]}; on {LANE} use export.quantize=static|dynamic (the fp32 ONNX export "
+                    "quantized by ONNX Runtime, QDQ)")
+        return None
+
+    def _require_lane(self, mode: str) -> None:
+        why = self.quantization_support(mode)
+        if why is not None:
+            raise BackendError(f"quantize mode={mode} is not supported on backend=paddle: {why}")
 
     def quantize_dynamic(self, net: Any) -> Any:
         """Weight-only int8 (per output channel) for every ``nn.Linear``; activations stay float."""
+        self._require_lane("dynamic")
         from paddle.quantization import PTQ, QuantConfig
         from paddleslim.quant.observers import AbsMaxChannelWiseWeightObserver
 
@@ -171,6 +210,7 @@ class PaddleQuantization:
     def quantize_static(self, net: Any, calibration: list[np.ndarray]) -> Any:
         """Post-training int8 of Conv2D/Linear weights (per channel, 7-bit) and activations (abs-max
         of the calibration batches, int8 symmetric)."""
+        self._require_lane("static")
         from paddle.quantization import PTQ
 
         model = copy.deepcopy(net)
@@ -190,6 +230,7 @@ class PaddleQuantization:
 
     def prepare_qat(self, net: Any) -> Any:
         """Fake-quant model (BatchNorm folded first) trainable with any paddle optimizer."""
+        self._require_lane("qat")
         from paddle.quantization import QAT
 
         model = copy.deepcopy(net)
@@ -224,7 +265,7 @@ class PaddleQuantization:
         from dualml.errors import ExportError
         from dualml.onnx.export import finalize
 
-        from .export import _paddle2onnx
+        from .export import _paddle2onnx, saved_program
 
         quant = getattr(qnet, "_dualml_quant", None)
         if quant is None:
@@ -241,8 +282,7 @@ class PaddleQuantization:
                 text = (str(exc).strip().splitlines() or [""])[-1][:300]
                 raise ExportError(f"paddle export of quantized {type(qnet).__name__} failed in paddle.jit.save: "
                                   f"{type(exc).__name__}: {text}") from None
-            params = prefix + ".pdiparams" if os.path.isfile(prefix + ".pdiparams") else ""
-            _paddle2onnx(prefix + ".pdmodel", params, raw, 16, type(qnet).__name__)
+            _paddle2onnx(*saved_program(prefix), raw, 16, type(qnet).__name__)
             folded = fold_weight_quantize(raw)
             linears = complete_qdq(raw, _linears(qnet))
             info = {"exporter": "paddle2onnx", "exporter_version": f"paddle2onnx {paddle2onnx.__version__}, paddle "

@@ -153,6 +153,13 @@ def _check_step(where: str, name: str, p: dict[str, Any], leaves: dict[str, Any]
         _layers(where, p["layers"], leaves, ("Conv2d",))
         if p["selection"] not in PRUNE_SELECTION:
             raise ConfigError(f"{where}: {not_allowed('selection', p['selection'], PRUNE_SELECTION)}")
+        if p["selection"] == "backend":
+            from ..backend import get_backend
+
+            problem = get_backend(backend).filter_selection_support()
+            if problem:
+                raise ConfigError(f"{where}: prune selection=backend is not supported on backend={backend}: {problem}; "
+                                  "allowed: selection=numpy (dualml's own l1 | l2 | fpgm on canonical weights)")
     elif name == "sparsity":
         _ratio(where, "ratio", p["ratio"])
         _layers(where, p["layers"], leaves, ("Conv2d", "Linear", "Conv1d"))
