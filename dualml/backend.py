@@ -158,8 +158,9 @@ class StepPlan:
     opt: Any
     #: parameter groups (``dualml.train.optim``), for the per-group learning rate
     groups: list[Any]
-    #: ``loss(logits, labels, x)`` replacing cross-entropy (distillation gets the numpy batch ``x``); None: CE
-    loss: Callable[[Any, Any, np.ndarray], Any] | None = None
+    #: ``loss(logits, labels, x, y)`` replacing cross-entropy (distillation gets the numpy batch ``x``, a masked
+    #: regression loss the numpy targets ``y``); None: CE
+    loss: Callable[[Any, Any, np.ndarray, np.ndarray], Any] | None = None
     amp: str | None = None
     clip_norm: float | None = None
     world_size: int = 1
@@ -362,9 +363,10 @@ class Backend(ABC):
                     logits, loss = self._forward_loss(plan, x, y)
             self.backward_scaled(loss, weight)
             loss_sum += self.item(loss) / len(batches)
-            correct += int(np.count_nonzero(self.numpy(logits).argmax(1) == y))
-            seen += len(y)
-        acc = correct / max(seen, 1)
+            if y.ndim == 1:  # class labels; regression targets have no accuracy (NaN)
+                correct += int(np.count_nonzero(self.numpy(logits).argmax(1) == y))
+                seen += len(y)
+        acc = correct / max(seen, 1) if seen or not batches else float("nan")
         if plan.world_size > 1:  # each rank saw an equal shard: the global batch's mean is the mean
             loss_sum, acc = self.all_reduce_mean([loss_sum, acc])
         result = StepResult(loss_sum, acc)
@@ -388,7 +390,8 @@ class Backend(ABC):
         # the Loader's batches are fresh arrays nobody writes to: no copy needed (torch shares them)
         logits = plan.net(self.tensor(x, copy=False))
         labels = self.tensor(y, copy=False)
-        return logits, (plan.loss(logits, labels, x) if plan.loss is not None else self.cross_entropy(logits, labels))
+        return logits, (plan.loss(logits, labels, x, y) if plan.loss is not None
+                        else self.cross_entropy(logits, labels))
 
     @abstractmethod
     def optimizer_slots(self, opt: Any, module: Any, spec: Any) -> dict[str, dict[str, np.ndarray]]:

@@ -129,7 +129,17 @@ def _summary(metrics: dict[str, Any], run: Path) -> None:
     if metrics.get("world_size", 1) > 1:
         say(f"data parallel over {metrics['world_size']} ranks; mean |rank - rank 0| weight difference "
             f"{metrics['rank_weight_diff_mean']:.3g}")
-    say(f"{metrics['model']} [{metrics['backend']}]: test accuracy {metrics['test_acc']:.4f}, test loss "
+    if "test_mae" in metrics:  # regression (data=traffic): masked errors at the horizons, and the baselines
+        h = metrics["test_horizons"]
+        say("masked test MAE/RMSE/MAPE% at horizons " + ", ".join(
+            f"{k}: {v['mae']:.3f}/{v['rmse']:.3f}/{v['mape']:.2f}" for k, v in h.items()))
+        for name, b in (metrics.get("baselines") or {}).items():
+            say(f"  baseline {name}: " + ", ".join(f"{k}: {v['mae']:.3f}/{v['rmse']:.3f}/{v['mape']:.2f}"
+                                                    for k, v in b.items() if k != "all"))
+        score = f"test MAE {metrics['test_mae']:.4f}"
+    else:
+        score = f"test accuracy {metrics['test_acc']:.4f}"
+    say(f"{metrics['model']} [{metrics['backend']}]: {score}, test loss "
         f"{metrics['test_loss']:.4f} after {metrics['steps']} steps / {metrics['epochs']} epochs "
         f"in {metrics['seconds']:.1f} s" + (" (stopped early)" if metrics["stopped_early"] else ""))
     result(f"run folder: {run} (metrics.json, curves.png, steps.csv, epochs.csv, tb/, best/last.safetensors)")

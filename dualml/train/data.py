@@ -20,7 +20,7 @@ import importlib
 import math
 import numbers
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,8 @@ from ..errors import ConfigError, UserCodeError, check_keys, did_you_mean, not_a
 
 @dataclass
 class Split:
-    """One split: samples ``x`` [n, *sample_shape] and int64 class labels ``y`` [n]."""
+    """One split: samples ``x`` [n, *sample_shape] and int64 class labels ``y`` [n] (a regression data set:
+    float targets [n, *target_shape], 0 = a missing reading)."""
 
     x: np.ndarray
     y: np.ndarray
@@ -44,7 +45,12 @@ class Split:
 class Dataset:
     """Train/val/test splits of one data set. ``mean``/``std`` are the train-split statistics used
     when ``standardize`` was on (per sample element, shaped like a sample), else None; serving must
-    apply the same scaling."""
+    apply the same scaling.
+
+    ``task="regression"`` (data=traffic): ``num_classes`` is the number of outputs per sample (what the
+    model's last layer must produce), ``target_scale`` the (mean, std) the model's output is un-scaled
+    with before it meets the targets, ``baselines`` the masked test errors of forecasts without a model,
+    ``adjacency`` the sensors' road graph."""
 
     name: str
     train: Split
@@ -53,6 +59,10 @@ class Dataset:
     num_classes: int
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
+    task: str = "classification"
+    target_scale: tuple[float, float] | None = None
+    baselines: dict[str, Any] | None = None
+    adjacency: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -61,10 +71,16 @@ class Dataset:
 
 
 #: ``data.name`` values and the keys each one uses besides the common ones.
-DATASETS: dict[str, tuple[str, ...]] = {"digits": (), "arrays": ("path",), "hook": ("hook",), "shards": ("path",)}
+DATASETS: dict[str, tuple[str, ...]] = {"digits": (), "arrays": ("path",), "hook": ("hook",), "shards": ("path",),
+                                         "traffic": ("path", "nodes", "days", "input_len", "output_len", "missing",
+                                                     "adjacency")}
 #: Every key ``data`` may hold, with defaults (``batch_size`` is read by the trainer, not here).
 DATA_KEYS: dict[str, Any] = {"name": "digits", "val_fraction": 0.1, "test_fraction": 0.2, "batch_size": 64,
-                             "standardize": False, "path": None, "hook": None}
+                             "standardize": False, "path": None, "hook": None,
+                             "nodes": None, "days": None, "input_len": None, "output_len": None, "missing": None,
+                             "adjacency": None}
+#: keys a data set may use without requiring them (``path`` is optional for data=traffic: it generates)
+OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {"traffic": ("path",)}
 
 
 def _is_real(v: Any) -> bool:
@@ -94,8 +110,9 @@ def check_data_config(data_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ConfigError(f"data.batch_size={out['batch_size']!r} is not allowed; it must be a positive integer")
     if not isinstance(out["standardize"], bool):
         raise ConfigError(f"data.standardize={out['standardize']!r} is not allowed; allowed: false, true")
-    for key in ("path", "hook"):
-        if key in DATASETS[name] and not out[key]:
+    for key in ("path", "hook", "nodes", "days", "input_len", "output_len", "missing", "adjacency"):
+        required = key in ("path", "hook") and key not in OPTIONAL_KEYS.get(name, ())
+        if key in DATASETS[name] and required and not out[key]:
             raise ConfigError(f"data.{key} is required for data.name={name}")
         if key not in DATASETS[name] and out[key] is not None:
             users = [n for n, keys in DATASETS.items() if key in keys]
@@ -235,7 +252,7 @@ def _reshape(ds: Dataset, input_shape: tuple[int, ...]) -> Dataset:
                           "input fits the data set")
     r = lambda s: Split(s.x.reshape((len(s.x), *shape)), s.y)  # noqa: E731
     stat = lambda a: None if a is None else a.reshape(shape)  # noqa: E731
-    return Dataset(ds.name, r(ds.train), r(ds.val), r(ds.test), ds.num_classes, stat(ds.mean), stat(ds.std))
+    return replace(ds, train=r(ds.train), val=r(ds.val), test=r(ds.test), mean=stat(ds.mean), std=stat(ds.std))
 
 
 def _standardize(ds: Dataset) -> Dataset:
@@ -247,16 +264,16 @@ def _standardize(ds: Dataset) -> Dataset:
     std = x.std(axis=0)
     std[std < 1e-12] = 1.0  # constant features (digits' border pixels) are only centred
     f = lambda s: Split(((s.x - mean) / std).astype(np.float32), s.y)  # noqa: E731
-    return Dataset(ds.name, f(ds.train), f(ds.val), f(ds.test), ds.num_classes,
-                   mean.astype(np.float32), std.astype(np.float32))
+    return replace(ds, train=f(ds.train), val=f(ds.val), test=f(ds.test), mean=mean.astype(np.float32),
+                   std=std.astype(np.float32))
 
 
 def widen(ds: Dataset, dtype: str) -> Dataset:
     """``ds`` with float32 samples (and statistics) in ``dtype`` (float64 for the reference mode);
-    integer samples (token ids) stay as they are."""
+    integer samples (token ids) stay as they are; float regression targets are widened too."""
     f = lambda a: a.astype(dtype) if a is not None and a.dtype == np.float32 else a  # noqa: E731
-    return Dataset(ds.name, *(Split(f(s.x), s.y) for s in (ds.train, ds.val, ds.test)), ds.num_classes,
-                   f(ds.mean), f(ds.std))
+    s = lambda sp: Split(f(sp.x), f(sp.y))  # noqa: E731  (int64 labels are left alone by f)
+    return replace(ds, train=s(ds.train), val=s(ds.val), test=s(ds.test), mean=f(ds.mean), std=f(ds.std))
 
 
 def from_arrays(x: Any, y: Any, name: str = "arrays", val_fraction: float = 0.1, test_fraction: float = 0.2,
@@ -287,6 +304,11 @@ def load_dataset(data_cfg: Mapping[str, Any] | None, input_shape: tuple[int, ...
         raise ConfigError(f"seed={seed!r} is not allowed; it must be an integer >= 0")
     name = cfg["name"]
     where = f"data.name={name}"
+    if name == "traffic":
+        from .traffic import load_traffic
+
+        ds = load_traffic(cfg, int(seed))
+        return _reshape(ds, tuple(input_shape)) if input_shape is not None else ds
     if name == "shards":
         ds = _shards(cfg, int(seed))
         if input_shape is not None:

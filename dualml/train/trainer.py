@@ -43,6 +43,8 @@ from ..devices import resolve_device
 from ..errors import ConfigError, DualmlError, DualmlWarning
 from ..module import Module, describe, named_leaves
 from ..zoo import create_model
+from .metrics import LOSSES, REGRESSION_LOSSES, horizon_metrics
+from .metrics import regression_loss as numpy_regression_loss
 from .optim import OptimSpec, make_groups, parse_optim
 
 #: config keys that may differ between a checkpoint and the run resuming it
@@ -158,9 +160,12 @@ class Trainer:
         if self.dtype != "float32" and self.t.amp is not None:
             raise ConfigError(f"trainer.amp={self.t.amp} with trainer.dtype={self.dtype} is not allowed; mixed "
                               "precision needs trainer.dtype=float32")
-        if self.t.early_stopping.monitor not in ("val_acc", "val_loss"):
+        if self.t.early_stopping.monitor not in ("val_acc", "val_loss", "val_mae"):
             raise ConfigError(f"trainer.early_stopping.monitor={self.t.early_stopping.monitor} is not allowed; "
-                              "allowed: val_acc, val_loss")
+                              "allowed: val_acc, val_loss, val_mae")
+        self.loss_kind = str(self.t.get("loss", "cross_entropy"))
+        if self.loss_kind not in LOSSES:
+            raise ConfigError(f"trainer.loss={self.loss_kind} is not allowed; allowed: {', '.join(LOSSES)}")
         # a zoo model declares its input; a user's model need not: the data's own sample shape is used
         spec = self.model.input_spec(1)[0] if hasattr(self.model, "input_spec") else None
         sample_shape = None if spec is None else tuple(spec.shape[1:])
@@ -168,6 +173,7 @@ class Trainer:
         self.data = dataset if dataset is not None else load_dataset(data_cfg, input_shape=sample_shape, seed=cfg.seed)
         if self.dtype != "float32":  # widened once (exact), so batches and evaluation need no cast
             self.data = widen(self.data, self.dtype)
+        self._check_task(loss_fn)
         self.batch_size = int(data_cfg.get("batch_size", 64))
         self.loader = Loader(self.data.train, self.batch_size, shuffle=True, seed=cfg.seed,
                              drop_last=True, rank=self.rank, world_size=self.world_size)
@@ -198,7 +204,16 @@ class Trainer:
                                                list(self.t.freeze))
         self.opt = self.be.make_optimizer(self.net, self.spec, self.groups, self.frozen)
         # what every step works on, handed to the adapter's train_step (the adapter owns the step)
-        loss = None if loss_fn is None else (lambda logits, labels, x: loss_fn(self.be, logits, labels, x))
+        if loss_fn is not None:
+            loss = lambda logits, labels, x, y: loss_fn(self.be, logits, labels, x)  # noqa: E731
+        elif self.regression:
+            from .losses import regression_loss
+
+            kind, mask, scale, delta = self.loss_kind, self.mask_zeros, self.data.target_scale, self.huber_delta
+            loss = lambda logits, labels, x, y: regression_loss(self.be, kind, logits, labels, y, mask,  # noqa: E731
+                                                                 scale, delta)
+        else:
+            loss = None
         self.plan = StepPlan(self.train_net, self.net, self.opt, self.groups, loss, self.amp, self.clip_norm,
                              self.world_size)
         self.step, self.epoch, self.history = 0, 0, History()
@@ -207,6 +222,31 @@ class Trainer:
         self.run_dir: Path | None = None
 
     # ------------------------------------------------------------------ set-up checks
+    def _check_task(self, loss_fn: Any) -> None:
+        """The loss must fit the targets: cross-entropy needs class labels, mse/mae/huber float targets
+        (data=traffic). Caught here, in one line, rather than as a shape error inside the first step."""
+        self.regression = getattr(self.data, "task", "classification") == "regression"
+        name = getattr(self.data, "name", "?")
+        if loss_fn is None and self.regression and self.loss_kind == "cross_entropy":
+            raise ConfigError(f"trainer.loss=cross_entropy is not allowed with data {name} (regression targets); "
+                              f"allowed: {', '.join(REGRESSION_LOSSES)} (e.g. trainer.loss=mae)")
+        if not self.regression and self.loss_kind != "cross_entropy":
+            raise ConfigError(f"trainer.loss={self.loss_kind} is not allowed with data {name} (class labels); "
+                              "allowed: cross_entropy")
+        mask = self.t.get("loss_mask_zeros", None)
+        if mask is not None and not isinstance(mask, bool):
+            raise ConfigError(f"trainer.loss_mask_zeros={mask!r} is not allowed; allowed: null, false, true")
+        self.mask_zeros = self.regression if mask is None else bool(mask)
+        self.huber_delta = float(self.t.get("huber_delta", 1.0))
+        if not self.huber_delta > 0:
+            raise ConfigError(f"trainer.huber_delta={self.huber_delta} is not allowed; it must be a number > 0")
+        monitor = self.t.early_stopping.monitor
+        if monitor == "val_mae" and not self.regression:
+            raise ConfigError(f"trainer.early_stopping.monitor=val_mae is not allowed with data {name} (class "
+                              "labels); allowed: val_acc, val_loss")
+        # a regression run has no accuracy: the default monitor (val_acc) means its masked MAE there
+        self.monitor = "val_mae" if self.regression and monitor == "val_acc" else str(monitor)
+
     def _check_data_fits(self) -> None:
         x = self.data.train.x[:2]
         dtype = str(self.model.input_spec(1)[0].dtype) if hasattr(self.model, "input_spec") else str(x.dtype)
@@ -216,6 +256,13 @@ class Trainer:
         self.be.set_train(self.net, False)
         with self.be.no_grad():
             out = self.be.numpy(self.net(self.be.tensor(x)))
+        if self.regression:
+            want = int(np.prod(self.data.train.y.shape[1:]))
+            if out.reshape(len(out), -1).shape[1] != want:
+                raise ConfigError(f"model {self.model_name} outputs shape {list(out.shape)} but data "
+                                  f"{self.data.name} has {want} targets per sample "
+                                  f"{list(self.data.train.y.shape[1:])}; set model.num_classes={want}")
+            return
         if out.ndim != 2 or out.shape[1] != self.data.num_classes:
             raise ConfigError(f"model {self.model_name} outputs shape {list(out.shape)} but data "
                               f"{self.data.name} has {self.data.num_classes} classes; set model.num_classes="
@@ -284,6 +331,9 @@ class Trainer:
         ours = _flat(OmegaConf.to_container(self.cfg, resolve=True))
         theirs = _flat(meta["config"])
         theirs.setdefault("trainer.dtype", "float32")  # checkpoints from before the key existed
+        for key, old in (("trainer.loss", "cross_entropy"), ("trainer.loss_mask_zeros", None),
+                         ("trainer.huber_delta", 1.0)):
+            theirs.setdefault(key, old)
         for key in sorted(set(ours) | set(theirs)):
             if any(key == k or key.startswith(k + ".") for k in RESUME_MAY_CHANGE):
                 continue
@@ -378,8 +428,22 @@ class Trainer:
         with self.be.no_grad():
             for i in range(0, len(split.y), bs):
                 outs.append(self.be.numpy(self.net(self.be.tensor(split.x[i:i + bs]))))
-        loss, acc = _softmax_ce(np.concatenate(outs), split.y)
+        out = np.concatenate(outs)
+        if self.regression:
+            return self._regression_scores(out, split.y)
+        loss, acc = _softmax_ce(out, split.y)
         return {"loss": loss, "acc": acc}
+
+    def _regression_scores(self, out: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+        """The configured loss and the masked MAE/RMSE/MAPE (overall and at horizons 3/6/12) of un-scaled
+        forecasts; ``acc`` is NaN (there are no classes)."""
+        pred = out.reshape(y.shape).astype(np.float64)
+        if self.data.target_scale is not None:
+            mean, std = self.data.target_scale
+            pred = pred * std + mean
+        loss = numpy_regression_loss(self.loss_kind, pred, y, self.mask_zeros, self.huber_delta)
+        h = horizon_metrics(pred, y) if y.ndim == 3 else {"all": horizon_metrics(pred[:, None], y[:, None])["all"]}
+        return {"loss": loss, "acc": float("nan"), **h["all"], "horizons": {k: v for k, v in h.items() if k != "all"}}
 
     # ------------------------------------------------------------------ the loop
     def train_step(self, batches: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
@@ -438,7 +502,7 @@ class Trainer:
         bar = progress_bar(total=self.total_steps, initial=self.step, desc=f"train {self.model_name} [{self.be.name}]",
                    unit="step", enabled=self.progress and self.is_main, dynamic_ncols=True)
         patience = int(self.t.early_stopping.patience)
-        monitor = self.t.early_stopping.monitor
+        monitor = self.monitor
         try:
             while self.step < self.total_steps and not stop:
                 self.loader.set_epoch(self.epoch)
@@ -472,12 +536,14 @@ class Trainer:
                 erow = {"epoch": epoch_no, "step": self.step, "train_loss": run_loss / max(n, 1),
                         "train_acc": run_acc / max(n, 1), "val_loss": val["loss"], "val_acc": val["acc"],
                         "seconds": time.perf_counter() - t0}
+                if self.regression:
+                    erow.update({"val_mae": val["mae"], "val_rmse": val["rmse"], "val_mape": val["mape"]})
                 self.history.epochs.append(erow)
                 self._append_csv("epochs.csv", erow)
                 if writer:
                     for k in ("val_loss", "val_acc", "train_acc"):
                         writer.add_scalar(f"epoch/{k}", erow[k], self.step)
-                value = val["acc"] if monitor == "val_acc" else val["loss"]
+                value = {"val_acc": val["acc"], "val_loss": val["loss"], "val_mae": val.get("mae")}[monitor]
                 better = not self.best or (value > self.best["value"] if monitor == "val_acc"
                                            else value < self.best["value"])
                 if complete:
@@ -513,6 +579,10 @@ class Trainer:
                    "resumed_from": getattr(self, "resumed_from", None), "world_size": self.world_size,
                    "device": str(self.device),
                    "rank_weight_diff_mean": rank_diff}
+        if self.regression:  # masked metrics (mph for data=traffic) next to the forecasts needing no model
+            metrics.update({"loss": self.loss_kind, "loss_mask_zeros": self.mask_zeros, "test_mae": test["mae"],
+                            "test_rmse": test["rmse"], "test_mape": test["mape"], "test_horizons": test["horizons"],
+                            "baselines": self.data.baselines})
         if self.writes:
             atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
             self._plot()
