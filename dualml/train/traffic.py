@@ -190,9 +190,17 @@ def load_traffic(cfg: dict[str, Any], seed: int) -> Any:
 
 def _baselines(speed: np.ndarray, tod: np.ndarray, train_steps: int, start: int, count: int, n_in: int,
                n_out: int) -> dict[str, dict[str, dict[str, float]]]:
-    """Masked errors on the test split of the two forecasts a model must beat: the historical average
-    (mean valid speed per sensor and time-of-day slot over the train part) and the last value (each
-    sensor's last valid reading in the input window, repeated; a sensor with none gets its HA value)."""
+    """Masked errors on the test split of the two forecasts a model must beat (:func:`baseline_forecasts`)."""
+    ha, lv, y = baseline_forecasts(speed, tod, train_steps, start, count, n_in, n_out)
+    return {"historical_average": horizon_metrics(ha, y, HORIZONS), "last_value": horizon_metrics(lv, y, HORIZONS)}
+
+
+def baseline_forecasts(speed: np.ndarray, tod: np.ndarray, train_steps: int, start: int, count: int, n_in: int,
+                       n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(historical_average, last_value, y)`` for the ``count`` samples from ``start``, each (count, n_out,
+    nodes): the mean valid speed per sensor and time-of-day slot over the first ``train_steps`` steps (the
+    train part; a slot never seen valid gets the overall train mean), and each sensor's last valid reading
+    in the input window, repeated (a sensor with none gets its historical average)."""
     slots = np.round(tod * STEPS_PER_DAY).astype(int) % STEPS_PER_DAY
     sums = np.zeros((STEPS_PER_DAY, speed.shape[1]))
     counts = np.zeros_like(sums)
@@ -210,4 +218,4 @@ def _baselines(speed: np.ndarray, tod: np.ndarray, train_steps: int, start: int,
     last = np.take_along_axis(x, last_idx[:, None], axis=1)[:, 0]
     last = np.where(seen.any(1), last, ha[:, 0])
     lv = np.repeat(last[:, None], n_out, axis=1)
-    return {"historical_average": horizon_metrics(ha, y, HORIZONS), "last_value": horizon_metrics(lv, y, HORIZONS)}
+    return ha, lv, y
