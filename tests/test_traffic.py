@@ -8,7 +8,7 @@ from dualml.config import load_config
 from dualml.errors import ConfigError
 from dualml.train.data import load_dataset
 from dualml.train.metrics import horizon_metrics, masked_errors, regression_loss
-from dualml.train.traffic import STEPS_PER_DAY, generate, load_traffic, road_graph
+from dualml.train.traffic import STEPS_PER_DAY, generate, road_graph
 
 N = 6  # sensors in the tiny sets
 TINY = ["data=traffic", f"data.nodes={N}", "data.days=2", f"model.in_features={12 * N * 2}",
@@ -155,17 +155,17 @@ def test_real_files_adjacency_checked(tmp_path):
     speed, tod, _ = generate(N, 1, seed=0)
     np.savez(tmp_path / "s.npz", speed=speed, tod=tod)
     np.save(tmp_path / "adj.npy", np.eye(N + 1, dtype=np.float32))
-    base = {"name": "traffic", "path": str(tmp_path / "s.npz"), "val_fraction": 0.1, "test_fraction": 0.2}
-    ds = load_traffic({**base, "adjacency": None}, seed=0)
+    base = {"name": "traffic", "path": str(tmp_path / "s.npz")}
+    ds = load_dataset({**base, "adjacency": None}, seed=0)
     assert ds.train.x.shape[2] == N and ds.name == "s"
     with pytest.raises(ConfigError, match=r"data.adjacency=.*adj.npy is not allowed; its shape \[7, 7\]"):
-        load_traffic({**base, "adjacency": str(tmp_path / "adj.npy")}, seed=0)
+        load_dataset({**base, "adjacency": str(tmp_path / "adj.npy")}, seed=0)
     (tmp_path / "adj_mx.pkl").write_bytes(b"not read")
     with pytest.raises(ConfigError, match="never loaded"):
-        load_traffic({**base, "adjacency": str(tmp_path / "adj_mx.pkl")}, seed=0)
+        load_dataset({**base, "adjacency": str(tmp_path / "adj_mx.pkl")}, seed=0)
     (tmp_path / "metr-la.h5").write_bytes(b"")
     try:
         import h5py  # noqa: F401
     except ImportError:
         with pytest.raises(ConfigError, match="needs h5py, which is not installed"):
-            load_traffic({**base, "path": str(tmp_path / "metr-la.h5")}, seed=0)
+            load_dataset({**base, "path": str(tmp_path / "metr-la.h5")}, seed=0)

@@ -307,7 +307,9 @@ def load_dataset(data_cfg: Mapping[str, Any] | None, input_shape: tuple[int, ...
     if name == "traffic":
         from .traffic import load_traffic
 
-        ds = load_traffic(cfg, int(seed))
+        f = load_traffic(cfg, int(seed))
+        f.update({s: Split(*f[s]) for s in ("train", "val", "test")})
+        ds = Dataset(**f)
         return _reshape(ds, tuple(input_shape)) if input_shape is not None else ds
     if name == "shards":
         ds = _shards(cfg, int(seed))

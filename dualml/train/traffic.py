@@ -135,11 +135,10 @@ def _windows(a: np.ndarray, start: int, count: int, length: int) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(view, -1, 1))
 
 
-def load_traffic(cfg: dict[str, Any], seed: int) -> Any:
-    """The ``data=traffic`` Dataset (``dualml.train.data.Dataset``, task ``regression``), with the
-    historical-average and last-value baselines scored on its test split."""
-    from .data import Dataset, Split
-
+def load_traffic(cfg: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The ``data=traffic`` set as the fields of a ``dualml.train.data.Dataset`` (task ``regression``;
+    ``train``/``val``/``test`` as (x, y) pairs, which ``load_dataset`` wraps: this module stays below
+    ``data``), with the historical-average and last-value baselines scored on its test split."""
     o = {k: (cfg.get(k) if cfg.get(k) is not None else v) for k, v in TRAFFIC_KEYS.items()}
     for key in ("nodes", "days", "input_len", "output_len"):
         v = o[key]
@@ -177,15 +176,14 @@ def load_traffic(cfg: dict[str, Any], seed: int) -> Any:
     scaled = np.where(speed != 0, (speed - mean) / std, 0.0).astype(np.float32)
     feats = np.stack([scaled, np.broadcast_to(tod[:, None], speed.shape).astype(np.float32)], -1)
 
-    def split(start: int, count: int) -> Split:
-        return Split(_windows(feats, start, count, n_in), _windows(speed, start + n_in, count, n_out))
+    def split(start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        return _windows(feats, start, count, n_in), _windows(speed, start + n_in, count, n_out)
 
     starts = (0, n_train, n_train + n_val)
     tr, va, te = split(0, n_train), split(n_train, n_val), split(starts[2], n_test)
     baselines = _baselines(speed, tod, train_steps, starts[2], n_test, n_in, n_out)
-    ds = Dataset(name, tr, va, te, n_out * speed.shape[1], task="regression", target_scale=(mean, std),
-                 baselines=baselines, adjacency=adj)
-    return ds
+    return {"name": name, "train": tr, "val": va, "test": te, "num_classes": n_out * speed.shape[1],
+            "task": "regression", "target_scale": (mean, std), "baselines": baselines, "adjacency": adj}
 
 
 def _baselines(speed: np.ndarray, tod: np.ndarray, train_steps: int, start: int, count: int, n_in: int,
