@@ -205,7 +205,7 @@ def test_hook(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("cfg,needle", [
-    ({"name": "digitz"}, "data.name=digitz is not allowed; allowed: arrays, digits, hook, shards "
+    ({"name": "digitz"}, "data.name=digitz is not allowed; allowed: arrays, digits, hook, shards, traffic "
                          "(did you mean 'digits'?)"),
     ({"name": "digits", "val_fracton": 0.1}, "unknown config key 'data.val_fracton' (did you mean "
                                              "'data.val_fraction'?)"),
