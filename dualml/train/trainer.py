@@ -541,8 +541,9 @@ class Trainer:
                 self.history.epochs.append(erow)
                 self._append_csv("epochs.csv", erow)
                 if writer:
-                    for k in ("val_loss", "val_acc", "train_acc"):
-                        writer.add_scalar(f"epoch/{k}", erow[k], self.step)
+                    for k in ("val_loss", "val_acc", "train_acc", "val_mae", "val_rmse", "val_mape"):
+                        if math.isfinite(erow.get(k, float("nan"))):  # a regression run has no accuracy
+                            writer.add_scalar(f"epoch/{k}", erow[k], self.step)
                 value = {"val_acc": val["acc"], "val_loss": val["loss"], "val_mae": val.get("mae")}[monitor]
                 better = not self.best or (value > self.best["value"] if monitor == "val_acc"
                                            else value < self.best["value"])
@@ -602,8 +603,11 @@ class Trainer:
         ep = self.history.epochs
         if ep:
             a.plot([r["step"] for r in ep], [r["val_loss"] for r in ep], "o-", label="val loss")
-            b.plot([r["epoch"] for r in ep], [r["train_acc"] for r in ep], "o-", label="train acc")
-            b.plot([r["epoch"] for r in ep], [r["val_acc"] for r in ep], "o-", label="val acc")
+            if self.regression:  # masked MAE in target units (mph for data=traffic), no accuracy
+                b.plot([r["epoch"] for r in ep], [r["val_mae"] for r in ep], "o-", label="val masked MAE")
+            else:
+                b.plot([r["epoch"] for r in ep], [r["train_acc"] for r in ep], "o-", label="train acc")
+                b.plot([r["epoch"] for r in ep], [r["val_acc"] for r in ep], "o-", label="val acc")
         a.set_xlabel("optimizer step")
         a.set_yscale("log")
         a.legend()
