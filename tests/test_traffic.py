@@ -33,6 +33,12 @@ def test_generator_is_seeded_and_metr_la_shaped():
     day = a[:STEPS_PER_DAY]
     at = lambda h: day[h * 12][day[h * 12] != 0].mean()  # noqa: E731
     assert at(8) < at(3)
+    # congestion spreads along the roads: neighbours' speeds move together more than unlinked sensors';
+    # the weekly cycle: a weekday's 8:00 is slower than a weekend's
+    w, _, g = generate(30, 7, seed=0, missing=0.0)
+    corr = np.corrcoef(w.T)
+    assert corr[g > 0].mean() > corr[(g == 0) & ~np.eye(30, dtype=bool)].mean() + 0.05
+    assert w[:5 * STEPS_PER_DAY][8 * 12::STEPS_PER_DAY].mean() < w[5 * STEPS_PER_DAY:][8 * 12::STEPS_PER_DAY].mean() - 5
     import networkx as nx
 
     big = road_graph(40, seed=1)
