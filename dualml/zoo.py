@@ -1,4 +1,4 @@
-"""The model zoo, written once against the neutral layers: mlp, cnn, resnet18, transformer.
+"""The model zoo, written once against the neutral layers: mlp, cnn, resnet18, transformer, forecaster.
 
 Each model also says what input it takes (``input_spec``), which is what the parity suite,
 benchmarks and the shape checks use. Attribute names follow torchvision / common hand-written
@@ -7,13 +7,12 @@ PyTorch code, so weights of such hand-written models import with ``dualml.import
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
 from . import layers as L
+from .attention.forecaster import Forecaster
+from .attention.positions import sinusoidal_positions
 from .errors import ConfigError, not_allowed
 from .module import Buffer, Module, ModuleList, Sequential
 
@@ -122,16 +121,6 @@ class ResNet18(Module):
         return [L.InputSpec((batch, self.in_channels, self.image_size, self.image_size))]
 
 
-def sinusoidal_positions(max_len: int, d_model: int) -> np.ndarray:
-    """The fixed sin/cos position table of "Attention is all you need", [max_len, d_model]."""
-    pos = np.arange(max_len, dtype=np.float64)[:, None]
-    div = np.exp(np.arange(0, d_model, 2, dtype=np.float64) * (-math.log(10000.0) / d_model))
-    table = np.zeros((max_len, d_model), dtype=np.float64)
-    table[:, 0::2] = np.sin(pos * div)
-    table[:, 1::2] = np.cos(pos * div)[:, : d_model // 2]
-    return table.astype(np.float32)
-
-
 class Transformer(Module):
     """Encoder classifier: token embedding (or a linear projection of feature rows) + sinusoidal
     positions -> N encoder layers (padding-masked when ``pad_id`` is set) -> mean pool -> linear."""
@@ -163,7 +152,8 @@ class Transformer(Module):
         return [L.InputSpec((batch, self.seq_len, self.in_features))]
 
 
-ZOO: dict[str, Callable[..., Module]] = {"mlp": MLP, "cnn": CNN, "resnet18": ResNet18, "transformer": Transformer}
+ZOO: dict[str, Callable[..., Module]] = {"mlp": MLP, "cnn": CNN, "resnet18": ResNet18, "transformer": Transformer,
+                                     "forecaster": Forecaster}
 
 
 def create_model(name: str, **params: Any) -> Module:

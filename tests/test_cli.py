@@ -38,7 +38,7 @@ def test_version_and_command_help_list_config_keys(tmp_path):
     assert "is not allowed" not in out.stdout + out.stderr
     # each key with its default, and the comment next to it in configs/*.yaml as its doc
     assert "trainer.max_steps=null" in out.stdout and "stop after this many optimizer steps" in out.stdout
-    assert "model=mlp" in out.stdout and "one of: cnn, mlp, resnet18, transformer" in out.stdout
+    assert "model=mlp" in out.stdout and "one of: cnn, forecaster, mlp, resnet18, transformer" in out.stdout
     out = _run("export", "-h", cwd=None)
     assert out.returncode == 0 and "export.quantize=none" in out.stdout and "trainer.epochs" not in out.stdout
     assert not (tmp_path / "reports").exists()

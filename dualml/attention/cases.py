@@ -5,6 +5,7 @@ from __future__ import annotations
 from .. import layers as L
 from ..layers import InputSpec
 from ..module import Module
+from .forecaster import Forecaster
 from .fusion import FUSIONS, fusion
 from .positions import positional_encoding
 from .variants import attention
@@ -94,6 +95,10 @@ def attention_cases() -> list[tuple[str, Module, list[InputSpec]]]:
         ("position:sinusoidal", positional_encoding("sinusoidal", 8, max_len=6), [x]),
         ("position:learnable", positional_encoding("learnable", 8, max_len=6), [x]),
         ("model:attention-encoder", AttentionEncoder(), AttentionEncoder().input_spec(2)),
+        ("model:forecaster-rotary-cross_attn", forecaster := Forecaster(
+            nodes=4, input_len=6, output_len=3, embed_dim=8, num_heads=2, temporal_depth_1=1, spatial_depth_1=2,
+            temporal_depth_2=2, spatial_depth_2=1, fusion_type="cross_attn", positional_encoding_type="rotary"),
+         forecaster.input_spec(2)),
     ]
     a, b = InputSpec((2, 5, 8)), InputSpec((2, 5, 6))
     for name in FUSIONS:

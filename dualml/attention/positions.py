@@ -8,6 +8,7 @@ function the numpy reference computes from the same weights.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -15,12 +16,21 @@ import numpy as np
 from .. import layers as L
 from ..errors import ConfigError, not_allowed
 from ..module import Buffer, Module, Parameter
-from ..zoo import sinusoidal_positions
 
 #: names accepted by :func:`positional_encoding`
 ENCODINGS = ("sinusoidal", "learnable", "relative", "rotary")
 #: encodings added to the input (``x + table[:L]``) vs. applied inside attention
 ADDITIVE, IN_ATTENTION = ("sinusoidal", "learnable"), ("relative", "rotary")
+
+
+def sinusoidal_positions(max_len: int, d_model: int) -> np.ndarray:
+    """The fixed sin/cos position table of "Attention is all you need", [max_len, d_model]."""
+    pos = np.arange(max_len, dtype=np.float64)[:, None]
+    div = np.exp(np.arange(0, d_model, 2, dtype=np.float64) * (-math.log(10000.0) / d_model))
+    table = np.zeros((max_len, d_model), dtype=np.float64)
+    table[:, 0::2] = np.sin(pos * div)
+    table[:, 1::2] = np.cos(pos * div)[:, : d_model // 2]
+    return table.astype(np.float32)
 
 
 class SinusoidalEncoding(Module):

@@ -310,6 +310,11 @@ def load_dataset(data_cfg: Mapping[str, Any] | None, input_shape: tuple[int, ...
         f = load_traffic(cfg, int(seed))
         f.update({s: Split(*f[s]) for s in ("train", "val", "test")})
         ds = Dataset(**f)
+        if input_shape is not None and len(input_shape) == 3 and len(ds.input_shape) == 3:
+            for i, key in ((1, "nodes"), (0, "input_len")):   # a (time, nodes, features) model: name the key
+                if int(input_shape[i]) != ds.input_shape[i]:
+                    raise ConfigError(f"model.{key}={input_shape[i]} does not match data.{key}={ds.input_shape[i]}; "
+                                      f"set model.{key}={ds.input_shape[i]}")
         return _reshape(ds, tuple(input_shape)) if input_shape is not None else ds
     if name == "shards":
         ds = _shards(cfg, int(seed))

@@ -258,10 +258,12 @@ class Trainer:
             out = self.be.numpy(self.net(self.be.tensor(x)))
         if self.regression:
             want = int(np.prod(self.data.train.y.shape[1:]))
+            steps = self.data.train.y.shape[1]   # a forecaster names its horizon, other models their outputs
+            fix = f"model.output_len={steps}" if hasattr(self.model, "output_len") else f"model.num_classes={want}"
             if out.reshape(len(out), -1).shape[1] != want:
                 raise ConfigError(f"model {self.model_name} outputs shape {list(out.shape)} but data "
                                   f"{self.data.name} has {want} targets per sample "
-                                  f"{list(self.data.train.y.shape[1:])}; set model.num_classes={want}")
+                                  f"{list(self.data.train.y.shape[1:])}; set {fix}")
             return
         if out.ndim != 2 or out.shape[1] != self.data.num_classes:
             raise ConfigError(f"model {self.model_name} outputs shape {list(out.shape)} but data "
