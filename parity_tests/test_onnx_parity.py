@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 
 from dualml.onnx.export import compare, onnx_markdown, onnx_parity
+from dualml.parity import checked_model
 from dualml.testing import backend_pair
-from dualml.zoo import ZOO, create_model
+from dualml.zoo import ZOO
 
 
 @pytest.fixture(scope="module")
 def report():
-    return onnx_parity({n: create_model(n) for n in ZOO}, backend_pair(), seed=0, batch=2)
+    return onnx_parity({n: checked_model(n) for n in ZOO}, backend_pair(), seed=0, batch=2)
 
 
 @pytest.mark.parametrize("name", list(ZOO))

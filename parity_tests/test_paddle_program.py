@@ -13,7 +13,8 @@ import pytest
 
 import dualml
 from dualml.module import init_weights
-from dualml.zoo import ZOO, create_model
+from dualml.parity import checked_model
+from dualml.zoo import ZOO
 
 pytestmark = pytest.mark.backends("paddle")
 FLOAT64_RTOL = 1e-10
@@ -25,7 +26,7 @@ def test_jit_saved_program_computes_what_eager_computes(name, tmp_path):
     from dualml_paddle.export import saved_program
     from dualml_paddle.lane import PADDLE3
 
-    model = create_model(name)
+    model = checked_model(name)
     spec = model.input_spec(2)[0]
     x = spec.sample(np.random.default_rng(0))
     if np.issubdtype(x.dtype, np.floating):

@@ -17,8 +17,8 @@ from ..cpu import describe_cpu
 from ..devices import CPU, resolve_device
 from ..errors import DualmlError
 from ..onnx.export import onnx_markdown, onnx_parity
-from ..parity import Tolerance, default_cases, markdown, run_suite
-from ..zoo import ZOO, create_model
+from ..parity import Tolerance, checked_model, default_cases, markdown, run_suite
+from ..zoo import ZOO
 from .log import result, say
 from .report import write_report
 
@@ -97,7 +97,7 @@ def cmd_parity(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
     if cfg.parity.onnx and cfg.parity.zoo and dtype == "float64":
         say("ONNX parity runs with parity.dtype=float32 (the exports are float32 graphs)")
     elif cfg.parity.onnx and cfg.parity.zoo:
-        models = {n: create_model(n) for n in ZOO if not cfg.parity.only or cfg.parity.only in f"onnx:{n}"}
+        models = {n: checked_model(n) for n in ZOO if not cfg.parity.only or cfg.parity.only in f"onnx:{n}"}
         if models:
             report["onnx"] = onnx_parity(models, backends, seed=cfg.seed, atol=cfg.parity.atol, rtol=cfg.parity.rtol)
             md += "\n" + onnx_markdown(report["onnx"])
