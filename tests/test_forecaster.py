@@ -82,6 +82,8 @@ def test_three_training_steps_on_traffic(backend, tmp_path):
     assert np.isfinite(m["test_mae"])
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(saved["test_horizons"]) == {"3", "6", "12"} and "historical_average" in saved["baselines"]
+    png = (tmp_path / "run" / "forecast.png").read_bytes()  # the per-run picture: forecast vs truth, MAE by horizon
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
 
 @pytest.mark.parametrize("overrides,needle", [

@@ -422,6 +422,10 @@ class Trainer:
             self.be.set_device(self.device)
 
     def evaluate(self, split: Any) -> dict[str, float]:
+        return self._scores(self._outputs(split), split.y)
+
+    def _outputs(self, split: Any) -> np.ndarray:
+        """The model's eval-mode outputs for a whole split, batch by batch."""
         self._on_device()
         self.be.set_train(self.net, False)
         self._in_train_mode = False
@@ -430,19 +434,26 @@ class Trainer:
         with self.be.no_grad():
             for i in range(0, len(split.y), bs):
                 outs.append(self.be.numpy(self.net(self.be.tensor(split.x[i:i + bs]))))
-        out = np.concatenate(outs)
+        return np.concatenate(outs)
+
+    def _scores(self, out: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         if self.regression:
-            return self._regression_scores(out, split.y)
-        loss, acc = _softmax_ce(out, split.y)
+            return self._regression_scores(out, y)
+        loss, acc = _softmax_ce(out, y)
         return {"loss": loss, "acc": acc}
 
-    def _regression_scores(self, out: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-        """The configured loss and the masked MAE/RMSE/MAPE (overall and at horizons 3/6/12) of un-scaled
-        forecasts; ``acc`` is NaN (there are no classes)."""
+    def _forecast(self, out: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Outputs as forecasts in the targets' units (the data's target scaling undone), shaped like ``y``."""
         pred = out.reshape(y.shape).astype(np.float64)
         if self.data.target_scale is not None:
             mean, std = self.data.target_scale
             pred = pred * std + mean
+        return pred
+
+    def _regression_scores(self, out: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+        """The configured loss and the masked MAE/RMSE/MAPE (overall and at horizons 3/6/12) of un-scaled
+        forecasts; ``acc`` is NaN (there are no classes)."""
+        pred = self._forecast(out, y)
         loss = numpy_regression_loss(self.loss_kind, pred, y, self.mask_zeros, self.huber_delta)
         h = horizon_metrics(pred, y) if y.ndim == 3 else {"all": horizon_metrics(pred[:, None], y[:, None])["all"]}
         return {"loss": loss, "acc": float("nan"), **h["all"], "horizons": {k: v for k, v in h.items() if k != "all"}}
@@ -575,7 +586,8 @@ class Trainer:
         if final is not None:  # test metrics are the best checkpoint's; the model keeps its final weights
             arrays, _ = load_weights(best_file)
             set_weights(self.net, {k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
-        test = self.evaluate(self.data.test)
+        test_out = self._outputs(self.data.test)
+        test = self._scores(test_out, self.data.test.y)
         metrics = {"model": self.model_name, "backend": self.be.name, "steps": self.step, "epochs": self.epoch,
                    "test_acc": test["acc"], "test_loss": test["loss"], "best": self.best,
                    "stopped_early": stopped_early, "seconds": seconds,
@@ -589,9 +601,44 @@ class Trainer:
         if self.writes:
             atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
             self._plot()
+            if self.regression and self.data.test.y.ndim == 3:
+                self._plot_forecast(self._forecast(test_out, self.data.test.y), self.data.test.y, test["horizons"])
         if final is not None:
             set_weights(self.net, final)
         return metrics
+
+    def _plot_forecast(self, pred: np.ndarray, y: np.ndarray, horizons: dict[str, dict[str, float]]) -> None:
+        """forecast.png for a (batch, horizon, nodes) forecaster: the last step's forecast against the truth
+        for three sensors over the first day of the test split (consecutive windows, so sample i's last
+        step is one time step after sample i-1's), and masked MAE by horizon next to the baselines. Why:
+        a MAE alone hides *where* a forecaster fails (rush hours, weekends); the picture shows it."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        n = min(len(y), 288)  # one day of 5-minute steps
+        sensors = [int(s) for s in np.argsort(-(y[:n, -1] != 0).sum(axis=0), kind="stable")[:3]]
+        fig, axes = plt.subplots(1, len(sensors) + 1, figsize=(4.2 * (len(sensors) + 1), 3.4))
+        for ax, s in zip(axes, sensors, strict=False):
+            true = np.where(y[:n, -1, s] != 0, y[:n, -1, s], np.nan)  # missing readings are gaps, not zeros
+            ax.plot(true, "k", lw=0.8, label="true")
+            ax.plot(pred[:n, -1, s], lw=0.8, label=f"forecast ({self.be.name})")
+            ax.set_title(f"sensor {s}, {y.shape[1]} steps ahead")
+            ax.set_xlabel("test sample (time step)")
+            ax.legend(fontsize=7)
+        hs = sorted(horizons, key=int)
+        ax = axes[-1]
+        ax.plot([int(h) for h in hs], [horizons[h]["mae"] for h in hs], "o-", label=f"{self.model_name}")
+        for name, b in (self.data.baselines or {}).items():
+            bh = [h for h in hs if h in b]
+            ax.plot([int(h) for h in bh], [b[h]["mae"] for h in bh], "s--", label=name)
+        ax.set_xlabel("horizon (steps)")
+        ax.set_title("masked MAE by horizon (test)")
+        ax.legend(fontsize=7)
+        fig.suptitle(f"{self.model_name} on {self.data.name} [{self.be.name}]")
+        fig.tight_layout()
+        atomic_write_bytes(self.run_dir / "forecast.png", png_bytes(fig, dpi=100))
 
     def _plot(self) -> None:
         import matplotlib
