@@ -34,17 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from dualml.evidence.estimate import memory_status  # the same /proc/self/status reading dualml estimate records
+
 FEATURES = 1024  # 4 KiB float32 rows: 1M rows make 4 GB
-
-
-def _status() -> dict[str, int]:
-    out = {}
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            k, _, v = line.partition(":")
-            if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-                out[k] = int(v.split()[0]) * 1024
-    return out
 
 
 def write_set(path: Path, rows: int, seed: int = 0) -> None:
@@ -70,7 +62,7 @@ def worker(args: argparse.Namespace) -> None:
 
     def sample():
         while not stop.is_set():
-            s = _status()
+            s = memory_status()
             for k in peak:
                 peak[k] = max(peak[k], s.get(k, 0))
             time.sleep(0.01)
@@ -79,7 +71,7 @@ def worker(args: argparse.Namespace) -> None:
     from dualml.config import load_config
     from dualml.train.trainer import Trainer
 
-    base = _status()
+    base = memory_status()
     cfg = load_config([f"backend={args.backend}", "model=mlp", f"model.in_features={FEATURES}", "data=shards",
                        f"data.path={args.set}", "data.batch_size=256", "trainer.device=cpu",
                        f"trainer.max_steps={args.steps + args.warmup}", "trainer.optimizer.name=sgd",
@@ -104,7 +96,7 @@ def worker(args: argparse.Namespace) -> None:
     val = t.evaluate(t.data.val)
     eval_seconds = time.perf_counter() - t1
     stop.set()
-    end = _status()
+    end = memory_status()
     out = {"set": args.set, "rows": len(t.data.train.y) + len(t.data.val.y) + len(t.data.test.y),
            "steps_per_s": args.steps / seconds, "val_rows_per_s": len(t.data.val.y) / eval_seconds,
            "val_acc": val["acc"], "peak_rss_bytes": end["VmHWM"], "peak_rss_anon_bytes": peak["RssAnon"],

@@ -319,7 +319,7 @@ def estimate(cfg: DictConfig) -> Estimate:
 
 
 # ----------------------------------------------------------------------------- the measurement (worker side)
-def _status() -> dict[str, int]:
+def memory_status() -> dict[str, int]:
     """VmRSS, VmHWM, RssAnon, RssFile of this process in bytes (Linux /proc)."""
     out = {}
     with open("/proc/self/status") as fh:
@@ -385,7 +385,7 @@ def measure_worker(cfg: DictConfig, plan: dict[str, Any], steps: int) -> dict[st
     """Run in a fresh process: imports, warm-up, baseline, then data + Trainer + ``steps`` steps;
     returns RSS figures in bytes (module docstring)."""
     t0 = time.perf_counter()
-    start = _status()
+    start = memory_status()
     from ..backend import get_backend
 
     be = get_backend(cfg.backend)
@@ -397,7 +397,7 @@ def measure_worker(cfg: DictConfig, plan: dict[str, Any], steps: int) -> dict[st
     from ..train.trainer import Trainer
     from ..zoo import create_model
 
-    imported, t_imported = _status(), time.perf_counter() - t0
+    imported, t_imported = memory_status(), time.perf_counter() - t0
     name, params = model_params(cfg)
     # warm up on the same model at batch 2: its kernels' code pages, JIT caches and thread pools are a
     # fixed cost of this architecture (no batch or data in them), so they belong to the baseline, not
@@ -408,12 +408,12 @@ def measure_worker(cfg: DictConfig, plan: dict[str, Any], steps: int) -> dict[st
     _train(warm, 2)
     del warm, warm_model
     _trim()
-    base, t_base = _status(), time.perf_counter() - t0
+    base, t_base = memory_status(), time.perf_counter() - t0
     resettable = _reset_peak()
     phases: list[dict[str, Any]] = []
 
     def mark(phase: str) -> None:
-        st = _status()
+        st = memory_status()
         phases.append({"phase": phase, "rss": st["VmRSS"], "peak": st["VmHWM"],
                        "seconds": round(time.perf_counter() - t0, 2)})
 
@@ -428,7 +428,7 @@ def measure_worker(cfg: DictConfig, plan: dict[str, Any], steps: int) -> dict[st
     mark("trainer built")
     steps = min(steps, trainer.total_steps)  # the schedule has a rate for this many steps
     losses = _train(trainer, steps, mark)
-    end = _status()
+    end = memory_status()
     peak = max(end["VmHWM"], *(p["peak"] for p in phases))
     # on a GPU the formula's terms live in device memory: the framework's own peak counter is the measurement
     # (since process start: the warm-up at batch 2 is smaller than the run, so the run's step sets it)
