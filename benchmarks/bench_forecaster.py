@@ -2,7 +2,7 @@
 with the historical-average and last-value baselines (issue #17). Not a test: a few minutes on a CPU.
 
 ``python benchmarks/bench_forecaster.py [--nodes 20] [--days 7] [--embed-dim 32] [--steps 400]
-[--backends torch,paddle] [--out benchmarks/results]``. Writes ``OUT/bench_forecaster.{json,png}`` and
+[--backends torch,paddle] [--day-of-week] [--out benchmarks/results]``. Writes ``OUT/bench_forecaster.{json,png}`` and
 prints where they went. The reduced size: embed_dim 32, 4 heads, depths 1/1/1/1, gated fusion,
 sinusoidal positions, 20 sensors and 7 generated days (the default data set is 207 sensors, 14 days),
 Adam 3e-3 with a cosine schedule, batch 32; everything else is the zoo default.
@@ -30,7 +30,8 @@ def overrides(args: argparse.Namespace, backend: str) -> list[str]:
             f"model.embed_dim={args.embed_dim}", "model.num_heads=4", "model.temporal_depth_1=1",
             "model.spatial_depth_1=1", "model.temporal_depth_2=1", "model.spatial_depth_2=1",
             "trainer.loss=mae", f"trainer.max_steps={args.steps}", "trainer.optimizer.name=adam",
-            "trainer.optimizer.lr=0.003", "trainer.schedule.name=cosine", f"seed={args.seed}"]
+            "trainer.optimizer.lr=0.003", "trainer.schedule.name=cosine", f"seed={args.seed}",
+            f"data.day_of_week={str(args.day_of_week).lower()}", f"model.in_features={3 if args.day_of_week else 2}"]
 
 
 def train(args: argparse.Namespace, backend: str) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
@@ -87,6 +88,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backends", default="torch,paddle")
+    ap.add_argument("--day-of-week", action="store_true", help="add the day of the week as a third input feature")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
     out = Path(args.out)

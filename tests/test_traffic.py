@@ -174,3 +174,25 @@ def test_real_files_adjacency_checked(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "h5py", None)  # as on this stack: h5py is not installed
     with pytest.raises(ConfigError, match="reading .h5 needs h5py, which is not installed"):
         load_dataset({**base, "path": str(tmp_path / "metr-la.h5")}, seed=0)
+
+
+def test_day_of_week_is_a_third_feature_only_when_asked(tmp_path):
+    plain, weekly = _data(), _data(day_of_week=True)
+    assert plain.train.x.shape[-1] == 2 and weekly.train.x.shape[-1] == 3
+    assert np.array_equal(plain.train.x, weekly.train.x[..., :2])  # speed and time of day unchanged
+    # generated from a Monday 00:00: the first window is Monday (0), the first one of day 2 is Tuesday (1/7)
+    assert np.all(weekly.train.x[0, :, :, 2] == 0.0)
+    assert np.allclose(weekly.train.x[STEPS_PER_DAY, :, :, 2], 1 / 7)
+    with pytest.raises(ConfigError, match=r"^data.day_of_week='yes' is not allowed; allowed: true, false$"):
+        _data(day_of_week="yes")
+    speed, tod, _ = generate(N, 1, seed=0)
+    np.savez(tmp_path / "s.npz", speed=speed, tod=tod)
+    with pytest.raises(ConfigError, match="does not say which day each step is"):
+        load_dataset({"name": "traffic", "path": str(tmp_path / "s.npz"), "day_of_week": True}, seed=0)
+    dow = np.full(len(speed), 5 / 7, np.float32)  # a Saturday
+    np.savez(tmp_path / "d.npz", speed=speed, tod=tod, dow=dow)
+    x = load_dataset({"name": "traffic", "path": str(tmp_path / "d.npz"), "day_of_week": True}, seed=0).train.x
+    assert x.shape[-1] == 3 and np.allclose(x[..., 2], 5 / 7)
+    np.savez(tmp_path / "bad.npz", speed=speed, dow=dow[:5])
+    with pytest.raises(ConfigError, match=r"array 'dow' must be \(time,\)"):
+        load_dataset({"name": "traffic", "path": str(tmp_path / "bad.npz")}, seed=0)

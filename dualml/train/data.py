@@ -73,14 +73,14 @@ class Dataset:
 #: ``data.name`` values and the keys each one uses besides the common ones.
 DATASETS: dict[str, tuple[str, ...]] = {"digits": (), "arrays": ("path",), "hook": ("hook",), "shards": ("path",),
                                          "traffic": ("path", "nodes", "days", "input_len", "output_len", "missing",
-                                                     "adjacency")}
+                                                     "adjacency", "day_of_week")}
 #: Every key ``data`` may hold, with defaults (``batch_size`` is read by the trainer, not here).
 DATA_KEYS: dict[str, Any] = {"name": "digits", "val_fraction": 0.1, "test_fraction": 0.2, "batch_size": 64,
                              "standardize": False, "path": None, "hook": None,
                              "nodes": None, "days": None, "input_len": None, "output_len": None, "missing": None,
-                             "adjacency": None}
+                             "adjacency": None, "day_of_week": None}
 #: keys a data set may use without requiring them (``path`` is optional for data=traffic: it generates)
-OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {"traffic": ("path",)}
+OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {"traffic": ("path", "day_of_week")}
 
 
 def _is_real(v: Any) -> bool:
@@ -110,7 +110,7 @@ def check_data_config(data_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ConfigError(f"data.batch_size={out['batch_size']!r} is not allowed; it must be a positive integer")
     if not isinstance(out["standardize"], bool):
         raise ConfigError(f"data.standardize={out['standardize']!r} is not allowed; allowed: false, true")
-    for key in ("path", "hook", "nodes", "days", "input_len", "output_len", "missing", "adjacency"):
+    for key in ("path", "hook", "nodes", "days", "input_len", "output_len", "missing", "adjacency", "day_of_week"):
         required = key in ("path", "hook") and key not in OPTIONAL_KEYS.get(name, ())
         if key in DATASETS[name] and required and not out[key]:
             raise ConfigError(f"data.{key} is required for data.name={name}")

@@ -9,10 +9,12 @@ missing readings stored as speed 0 as in the real files. Everything is drawn fro
 and the graph from the same seed, so a seed is a data set.
 
 Samples follow DCRNN's windowing: ``input_len`` steps in, the next ``output_len`` out; x is (time, nodes,
-features) with features [speed, time of day in [0, 1)], y is (output_len, nodes) of raw speeds (0 = missing).
-The split is chronological (train, then val, then test). Speeds in x are scaled with the mean and std of the
-train part's valid (non-zero) readings; a missing reading stays 0 in x. The model's output is un-scaled with
-the same statistics inside the loss (``dualml.train.losses``), so metrics are in mph.
+features) with features [speed, time of day in [0, 1)] and, with ``data.day_of_week=true``, the day of the week
+in [0, 1) (Monday 0, Sunday 6/7: DCRNN's ``add_day_in_week``, off by default as there), y is (output_len,
+nodes) of raw speeds (0 = missing). The split is chronological (train, then val, then test). Speeds in x are
+scaled with the mean and std of the train part's valid (non-zero) readings; a missing reading stays 0 in x.
+The model's output is un-scaled with the same statistics inside the loss (``dualml.train.losses``),
+so metrics are in mph.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from .metrics import HORIZONS, horizon_metrics
 STEPS_PER_DAY = 288  # 5-minute steps
 #: data=traffic keys and their defaults (configs/data/traffic.yaml)
 TRAFFIC_KEYS: dict[str, Any] = {"nodes": 207, "days": 14, "input_len": 12, "output_len": 12, "missing": 0.08,
-                                "adjacency": None}
+                                "adjacency": None, "day_of_week": False}
 
 
 def road_graph(nodes: int, seed: int) -> np.ndarray:
@@ -82,14 +84,15 @@ def generate(nodes: int, days: int, seed: int, missing: float = 0.08) -> tuple[n
     return speed.astype(np.float32), tod.astype(np.float32), adj
 
 
-def _read(path: str, adjacency: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _read(path: str, adjacency: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """A user's speeds (DCRNN layout: ``metr-la.h5`` / ``pems-bay.h5``, pandas' fixed format, read with h5py;
-    or an .npz with ``speed`` (T, N) and optional ``tod`` (T,)) and an optional adjacency (.npy/.npz, never
-    a pickle: DCRNN's ``adj_mx.pkl`` must be re-saved as .npy first)."""
+    or an .npz with ``speed`` (T, N) and optional ``tod`` (T,) and ``dow`` (T,) in [0, 1)), an optional adjacency
+    (.npy/.npz, never a pickle: DCRNN's ``adj_mx.pkl`` must be re-saved as .npy first). Returns ``(speed, tod,
+    adjacency, dow)``; dow is None when the file does not say which day a step is (an .npz without ``dow``)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"data.path={path} is not allowed; no such file (expected an .h5 or .npz of speeds)")
-    tod = None
+    tod = dow = None
     if p.suffix == ".h5":
         try:
             import h5py
@@ -101,11 +104,13 @@ def _read(path: str, adjacency: str | None) -> tuple[np.ndarray, np.ndarray, np.
             speed = np.asarray(grp["block0_values"], np.float32)
             stamps = np.asarray(grp["axis1"], np.int64)  # nanoseconds since the epoch
         tod = ((stamps // 10**9) % 86400 / 86400.0).astype(np.float32)
+        dow = (((stamps // 10**9 // 86400) + 3) % 7 / 7.0).astype(np.float32)  # 1970-01-01 was a Thursday (3)
     else:
         try:
             with np.load(p, allow_pickle=False) as npz:
                 speed = np.asarray(npz["speed"], np.float32)
                 tod = np.asarray(npz["tod"], np.float32) if "tod" in npz.files else None
+                dow = np.asarray(npz["dow"], np.float32) if "dow" in npz.files else None
         except (OSError, ValueError, KeyError) as exc:
             raise ConfigError(f"data.path={path} is not allowed; not an .npz with an array 'speed' ({exc})") from None
     if speed.ndim != 2:
@@ -126,7 +131,10 @@ def _read(path: str, adjacency: str | None) -> tuple[np.ndarray, np.ndarray, np.
         if adj.shape != (speed.shape[1], speed.shape[1]):
             raise ConfigError(f"data.adjacency={adjacency} is not allowed; its shape {list(adj.shape)} does not "
                               f"match the {speed.shape[1]} sensors of data.path={path}")
-    return speed, tod, adj
+    for key, arr in (("tod", tod), ("dow", dow)):
+        if arr is not None and arr.shape != (len(speed),):
+            raise ConfigError(f"data.path={path}: array '{key}' must be (time,) = ({len(speed)},); got {arr.shape}")
+    return speed, tod, adj, dow
 
 
 def _windows(a: np.ndarray, start: int, count: int, length: int) -> np.ndarray:
@@ -146,18 +154,25 @@ def load_traffic(cfg: dict[str, Any], seed: int) -> dict[str, Any]:
             raise ConfigError(f"data.{key}={v!r} is not allowed; it must be a positive integer")
     if not 0 <= float(o["missing"]) < 1:
         raise ConfigError(f"data.missing={o['missing']!r} is not allowed; it must be a number >= 0 and < 1")
+    if not isinstance(o["day_of_week"], bool):
+        raise ConfigError(f"data.day_of_week={o['day_of_week']!r} is not allowed; allowed: true, false")
     if cfg.get("standardize"):
         raise ConfigError("data.standardize=true is not allowed with data.name=traffic; it scales the speeds "
                           "itself (train-split statistics of the valid readings)")
     if cfg.get("path"):
-        speed, tod, adj = _read(str(cfg["path"]), o["adjacency"])
+        speed, tod, adj, dow = _read(str(cfg["path"]), o["adjacency"])
         where, name = f"data.path={cfg['path']}", Path(str(cfg["path"])).stem
+        if o["day_of_week"] and dow is None:
+            raise ConfigError(f"data.day_of_week=true is not allowed with data.path={cfg['path']}: the file does "
+                              "not say which day each step is; allowed: an .h5 (time stamps) or an .npz with an "
+                              "array 'dow' (T,) in [0, 1), Monday 0")
     else:
         if o["adjacency"]:
             raise ConfigError(f"data.adjacency={o['adjacency']} is not allowed without data.path (the generator "
                               "makes its own graph)")
         speed, tod, adj = generate(o["nodes"], o["days"], seed, float(o["missing"]))
         where, name = f"data.days={o['days']}", "traffic"
+        dow = ((np.arange(len(speed)) // STEPS_PER_DAY) % 7 / 7.0).astype(np.float32)  # generated from a Monday
     n_in, n_out = o["input_len"], o["output_len"]
     samples = len(speed) - n_in - n_out + 1
     if samples < 3:
@@ -174,7 +189,8 @@ def load_traffic(cfg: dict[str, Any], seed: int) -> dict[str, Any]:
     valid = speed[:train_steps][speed[:train_steps] != 0].astype(np.float64)
     mean, std = float(valid.mean()), float(valid.std()) or 1.0
     scaled = np.where(speed != 0, (speed - mean) / std, 0.0).astype(np.float32)
-    feats = np.stack([scaled, np.broadcast_to(tod[:, None], speed.shape).astype(np.float32)], -1)
+    extra = [tod] + ([dow] if o["day_of_week"] else [])
+    feats = np.stack([scaled] + [np.broadcast_to(a[:, None], speed.shape).astype(np.float32) for a in extra], -1)
 
     def split(start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         return _windows(feats, start, count, n_in), _windows(speed, start + n_in, count, n_out)
