@@ -22,7 +22,22 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from ..config import GROUPS, config_dir, load_config, load_yaml
 from ..errors import DualmlError, UserCodeError, did_you_mean
 from ..version import __version__
-from . import bench, compress, curves, decide, demo, estimate, export, layout, log, parity, predict, serve, train
+from . import (
+    bench,
+    compress,
+    curves,
+    decide,
+    demo,
+    ensemble,
+    estimate,
+    export,
+    layout,
+    log,
+    parity,
+    predict,
+    serve,
+    train,
+)
 from . import config as config_cmd
 from .auto import load
 
@@ -30,7 +45,7 @@ from .auto import load
 MODULES: dict[str, ModuleType] = {
     "train": train, "parity": parity, "curves": curves, "demo": demo, "layout": layout, "export": export,
     "predict": predict, "serve": serve, "compress": compress, "bench": bench, "decide": decide,
-    "estimate": estimate, "config": config_cmd,
+    "estimate": estimate, "ensemble": ensemble, "config": config_cmd,
 }
 COMMANDS = {name: m.HELP for name, m in MODULES.items()}
 EXAMPLES = ("dualml parity backend=torch parity.against=paddle", "dualml demo model=cnn",
