@@ -112,8 +112,8 @@ class AdaptiveWeights:
     """Weights that follow the members' recent log-loss as labelled data arrives (exponentially
     weighted / Hedge): ``w_m <- w_m * exp(-eta * logloss_m(batch))``, then renormalised. Why: a member
     that degrades on drifting data loses weight without refitting anything; ``eta`` sets how fast
-    (0 keeps the weights). ``floor`` keeps every member above ``floor / members`` so one bad batch
-    cannot silence a member for good."""
+    (0 keeps the weights). ``floor`` (in [0, 1)) mixes in that share of the uniform weights, keeping
+    every member at ``floor / members`` or more, so one bad batch cannot silence a member for good."""
 
     weights: np.ndarray
     eta: float = 1.0
@@ -130,9 +130,9 @@ class AdaptiveWeights:
         y = np.asarray(y)
         losses = np.array([log_loss(pm, y) for pm in p])
         w = self.weights * np.exp(-self.eta * (losses - losses.min()))  # shifted: same ratio, no underflow
-        w = w / w.sum()
-        w = np.maximum(w, self.floor / len(w))
-        self.weights = w / w.sum()
+        # mixed with uniform (not clipped then renormalised, which would push a clipped weight back under
+        # the floor): every weight stays >= floor / members and the sum stays 1
+        self.weights = (1.0 - self.floor) * (w / w.sum()) + self.floor / len(w)
         self.history.append([float(v) for v in self.weights])
         return self.weights
 
@@ -219,7 +219,7 @@ def fit_combiner(kind: str, probs: Any, y: np.ndarray, weights: Any = None, eta:
                           "allowed: with combiner hard or soft, or null")
     fixed = None if weights is None else check_weights(weights, m)
     if kind in ("hard", "soft"):
-        return Combiner(kind, fixed)
+        return Combiner(kind, uniform(m) if fixed is None else fixed)
     if kind == "weighted":
         return Combiner(kind, accuracy_weights(p, y))
     if kind == "logloss":

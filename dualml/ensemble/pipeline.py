@@ -51,15 +51,17 @@ def fit_members(specs: Sequence[dict[str, Any]], dataset: Any, overrides: Sequen
     member's config starts from (``trainer.max_steps=50``...)."""
     specs = [dict(s) for s in specs]
     if method == "vote":
-        members = []
-        for i, s in enumerate(progress_bar(specs, desc="ensemble members", unit="member", enabled=progress)):
+        # trained members come from runs and checkpoints first: a missing one fails before any training
+        members: dict[int, Member] = {}
+        for i, s in enumerate(specs):
             if s.get("model") is None:
                 key = "run" if s.get("run") is not None else "checkpoint"
-                members.append(from_checkpoint(str(s[key]), f"ensemble.members[{i}].{key}", s.get("backend")))
-                continue
-            cfg = member_config(overrides, s, int(s["seed"]) if s.get("seed") is not None else i)
-            members.append(train_member(cfg, dataset, info={"index": i}))
-        return Fitted(members)
+                members[i] = from_checkpoint(str(s[key]), f"ensemble.members[{i}].{key}", s.get("backend"))
+        configs = {i: member_config(overrides, s, int(s["seed"]) if s.get("seed") is not None else i)
+                   for i, s in enumerate(specs) if i not in members}
+        for i, cfg in progress_bar(configs.items(), desc="ensemble members", unit="member", enabled=progress):
+            members[i] = train_member(cfg, dataset, info={"index": i})
+        return Fitted([members[i] for i in range(len(specs))])
     n = len(dataset.train.y)
     count = rounds or len(specs)
     if method == "bagging":
