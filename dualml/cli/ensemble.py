@@ -19,6 +19,8 @@ HELP = 'build the ensemble `ensemble` (configs/ensemble/*.yaml) from members on 
 #: config sections (or keys) ``dualml ensemble --help`` lists
 KEYS = ('backend', 'seed', 'out_dir', 'data', 'trainer', 'ensemble')
 SECTION = None
+#: this command's config group: configs/ensemble/soft.yaml unless ``ensemble=NAME`` is given
+GROUP_DEFAULTS = ("ensemble=soft",)
 
 
 def cmd_ensemble(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
