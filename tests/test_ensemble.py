@@ -26,7 +26,6 @@ from dualml.ensemble.combine import (
     soft_vote,
 )
 from dualml.ensemble.members import check_compatible
-from dualml.ensemble.pipeline import fit_members
 from dualml.ensemble.resample import bootstrap_rows, oob_scores, out_of_bag, samme_step
 from dualml.ensemble.spec import check_ensemble
 from dualml.errors import ConfigError, DualmlError
@@ -214,13 +213,16 @@ def test_cli_bad_input_exits_2_with_one_line(args, words, tmp_path, capsys):
 # ----------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory, one_torch_thread) -> tuple[Path, dict]:
-    """``dualml ensemble`` with three tiny members spread over the selected backends (stacking: the
-    combiner with the most graph), run once for the module."""
+    """``dualml ensemble`` run once for the module (stacking: the combiner with the most graph) on three
+    tiny members over the selected backends: two trained by the command, one a ``dualml train`` run
+    made on the last backend with another seed and run on the first."""
     bs = selected_backends()
-    members = ", ".join(f"{{model: {m}, backend: {bs[i % len(bs)]}, seed: {i}}}"
-                        for i, m in enumerate(("mlp", "mlp", "cnn")))
     out = tmp_path_factory.mktemp("ens")
-    rc = main(["-q", "ensemble", "ensemble=stacking", f"ensemble.members=[{members}]", STEPS, f"out_dir={out}"])
+    run = out / "run-mlp"
+    assert main(["-q", "train", "model=mlp", f"backend={bs[-1]}", "seed=1", STEPS, f"trainer.run_dir={run}"]) == 0
+    members = (f"[{{model: mlp, backend: {bs[0]}, seed: 0}}, {{run: {run}, backend: {bs[0]}}}, "
+               f"{{model: cnn, backend: {bs[-1]}, seed: 2}}]")
+    rc = main(["-q", "ensemble", "ensemble=stacking", f"ensemble.members={members}", STEPS, f"out_dir={out}"])
     assert rc == 0
     return out / "ensemble" / "stacking", json.loads((out / "ensemble" / "stacking" / "report.json").read_text())
 
@@ -234,6 +236,12 @@ def test_cli_writes_report_members_and_a_verified_onnx(cli_run, capsys):
     assert report["onnx"]["verification"]["max_abs"] <= 1e-5 and report["onnx"]["verification"]["passed"]
     assert 0 <= report["test"]["mean_agreement"] <= 1 and 0 < report["test"]["mean_confidence"] <= 1
     assert report["best_member_test_acc"] == max(m["test_acc"] for m in report["members"])
+    bs = selected_backends()
+    run_member = report["members"][1]
+    assert run_member["source"].startswith("run: ") and run_member["trained_on"] == bs[-1]
+    assert run_member["backend"] == bs[0] and run_member["seed"] == 1
+    assert report["notes"] == [f"member 1 (mlp[{bs[0]}]) was trained with seed 1, the ensemble splits with seed 0: "
+                               "its training rows may be in this test split"]
 
 
 def test_predict_and_serve_take_the_ensemble_file(cli_run, tmp_path, capsys):
@@ -295,17 +303,31 @@ def test_same_weights_give_the_same_ensemble_on_either_backend(members):
         assert np.abs(pa - pb).max() <= 1e-5, kind
 
 
-def test_boosting_rounds_reweight_and_record_training_error(one_torch_thread):
-    ds = _digits_split()
+@pytest.mark.parametrize("method", ["bagging", "boosting"])
+def test_cli_bagging_and_boosting_record_their_rows_and_rounds(method, tmp_path, one_torch_thread):
     b = selected_backends()
-    specs = [{"model": "mlp", "backend": b[0], "seed": 0}, {"model": "mlp", "backend": b[-1], "seed": 5}]
-    fitted = fit_members(specs, ds, [STEPS.replace("12", "6")], method="boosting", rounds=2, seed=3, progress=False)
-    assert [r["round"] for r in fitted.rounds] == [1, 2]
-    assert fitted.rounds[1]["member"].endswith(f"[{b[-1]}]")
-    first = fitted.rounds[0]
-    assert first["weighted_error"] == pytest.approx(first["member_train_error"], abs=1e-12)  # uniform weights
-    assert all(0 <= r["ensemble_train_error"] <= 1 for r in fitted.rounds if r["kept"])
-    assert fitted.members[0].info["resample"]["seed"] == [3, 0]
+    members = f"[{{model: mlp, backend: {b[0]}, seed: 0}}, {{model: mlp, backend: {b[-1]}, seed: 5}}]"
+    assert main(["-q", "ensemble", f"ensemble={method}", "ensemble.rounds=2", "ensemble.export=false",
+                 f"ensemble.members={members}", "trainer.max_steps=6", "seed=3", f"out_dir={tmp_path}"]) == 0
+    folder = tmp_path / "ensemble" / method
+    report = json.loads((folder / "report.json").read_text())
+    assert "onnx" not in report and not (folder / "ensemble.onnx").exists()
+    if method == "bagging":
+        assert [m["bootstrap"]["seed"] for m in report["members"]] == [[3, 0], [3, 1]]
+        assert [m["name"] for m in report["members"]] == [f"mlp[{b[0]}]", f"mlp[{b[-1]}]"]
+        bag = report["bagging"]
+        # a bootstrap of n rows leaves ~(1 - 1/e) of them in; with 2 members ~13.5% of rows are seen by both
+        assert 0 < bag["oob_rows"] < bag["rows"] == report["split"]["train"]
+        assert bag["oob_minus_test"] == pytest.approx(bag["oob_accuracy"] - report["test"]["acc"], abs=1e-15)
+        return
+    rounds = report["boosting"]["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2] and rounds[1]["member"] == f"mlp[{b[-1]}]"
+    assert rounds[0]["weighted_error"] == pytest.approx(rounds[0]["member_train_error"], abs=1e-12)  # uniform w
+    assert (folder / "boosting.png").is_file()
+    assert report["combiner"]["kind"] == "samme"
+    alphas = np.array([r["alpha"] for r in rounds if r["kept"]])
+    assert np.allclose(report["combiner"]["weights"], alphas / alphas.sum(), atol=1e-15, rtol=0)
+    assert report["members"][0]["resample"]["seed"] == [3, 0]
 
 
 def test_bad_combiner_from_python_is_a_dualml_error():
