@@ -194,7 +194,7 @@ def test_members_that_do_not_fit_together_are_one_line():
     with pytest.raises(ConfigError, match="ensemble.members=\\[\\] is not allowed"):
         check_compatible([])
     with pytest.raises(ConfigError, match=r"ensemble.members\[0\].run=/nonexistent/run is not allowed; no run folder"):
-        from_checkpoint("/nonexistent/run", "ensemble.members[0].run")
+        from_checkpoint("/nonexistent/run", key="ensemble.members[0].run")
 
 
 @pytest.mark.parametrize("args, words", [
@@ -248,7 +248,6 @@ def test_predict_and_serve_take_the_ensemble_file(cli_run, tmp_path, capsys):
     from dualml.onnx.serve import start_server
 
     folder, _ = cli_run
-    members = [from_checkpoint(str(f), "checkpoint") for f in sorted((folder / "members").glob("*.safetensors"))]
     x = np.random.default_rng(0).random((5, 64), dtype=np.float32)
     np.save(tmp_path / "x.npy", x)
     assert main(["predict", str(folder / "ensemble.onnx"), f"input={tmp_path / 'x.npy'}",
@@ -266,14 +265,13 @@ def test_predict_and_serve_take_the_ensemble_file(cli_run, tmp_path, capsys):
         conn.close()
     finally:
         server.shutdown()
-    assert np.abs(np.asarray(out["outputs"]) - y).max() <= 1e-6
-    assert len(members) == 3
+    assert np.abs(np.asarray(out["outputs"]) - y).max() <= 1e-6  # the same file, the same ONNX Runtime
 
 
 @pytest.fixture(scope="module")
 def members(cli_run) -> list[Member]:
     folder, _ = cli_run
-    return [from_checkpoint(str(f), "checkpoint") for f in sorted((folder / "members").glob("*.safetensors"))]
+    return [from_checkpoint(str(f)) for f in sorted((folder / "members").glob("*.safetensors"))]
 
 
 def _digits_split():

@@ -5,7 +5,7 @@ SAMME boosting, and export of the whole ensemble to one ONNX file.
 ``dualml ensemble ensemble=<name>`` (configs/ensemble/*.yaml) runs :func:`run_ensemble`; from Python::
 
     from dualml.ensemble import Ensemble, Member, from_checkpoint
-    ens = Ensemble.fit([from_checkpoint("runs/a", "run"), from_checkpoint("runs/b", "run", backend="paddle")],
+    ens = Ensemble.fit([from_checkpoint("runs/a"), from_checkpoint("runs/b/best", backend="paddle")],
                        x_val, y_val, combiner="logloss")
     ens.predict(x_test)   # class, confidence, agreement, probs
 """

@@ -97,9 +97,10 @@ def resolve(spec: str, key: str) -> Path:
                       "or a .safetensors file)")
 
 
-def from_checkpoint(spec: str, key: str, backend: str | None = None) -> Member:
+def from_checkpoint(spec: str, backend: str | None = None, key: str = "checkpoint") -> Member:
     """A member from a training run or checkpoint (``dualml train``'s, or one this module saved). The
-    member runs on ``backend`` when given, else on the backend it was trained on."""
+    member runs on ``backend`` when given, else on the backend it was trained on. ``key`` names the
+    config key in error messages (``ensemble.members[2].run``)."""
     path = resolve(spec, key)
     try:
         arrays, meta = load_weights(path)

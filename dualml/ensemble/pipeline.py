@@ -56,7 +56,7 @@ def fit_members(specs: Sequence[dict[str, Any]], dataset: Any, overrides: Sequen
         for i, s in enumerate(specs):
             if s.get("model") is None:
                 key = "run" if s.get("run") is not None else "checkpoint"
-                members[i] = from_checkpoint(str(s[key]), f"ensemble.members[{i}].{key}", s.get("backend"))
+                members[i] = from_checkpoint(str(s[key]), s.get("backend"), key=f"ensemble.members[{i}].{key}")
         configs = {i: member_config(overrides, s, int(s["seed"]) if s.get("seed") is not None else i)
                    for i, s in enumerate(specs) if i not in members}
         for i, cfg in progress_bar(configs.items(), desc="ensemble members", unit="member", enabled=progress):
