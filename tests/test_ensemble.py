@@ -203,6 +203,9 @@ def test_members_that_do_not_fit_together_are_one_line():
     (["ensemble.weights=[0.5,0.5,0.5,0.5]"], "summing to 1"),
     (["ensemble.members=[{run: /nonexistent/run}]"], "ensemble.members[0].run=/nonexistent/run is not allowed"),
     (["ensemble=boosting", "ensemble.members=[{run: runs/x}]"], "a pre-trained member cannot take sample weights"),
+    (["data=traffic"], "data.name=traffic (regression) is not allowed for dualml ensemble"),
+    (["ensemble.method=stack"], "ensemble.method=stack is not allowed; allowed: bagging, boosting, vote"),
+    (["ensemble.members=[{model: mlp, backend: jax}]"], "ensemble.members[0].backend=jax is not allowed"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(args, words, tmp_path, capsys):
     assert main(["ensemble", *args, f"out_dir={tmp_path}"]) == 2

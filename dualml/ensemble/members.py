@@ -139,7 +139,7 @@ def train_member(cfg: Any, dataset: Any, rows: np.ndarray | None = None, progres
                  info: dict[str, Any] | None = None) -> Member:
     """Train ``cfg.model`` on ``cfg.backend`` with the Trainer (nothing written) on ``dataset``, its
     train split replaced by ``dataset.train[rows]`` when ``rows`` is given (a bootstrap or a weighted
-    resample). Returns the member with its final weights and its validation/test accuracy."""
+    resample). Returns the member with its final weights."""
     from ..config import model_params
     from ..train.data import Split
     from ..train.data import _reshape as reshape_dataset  # the data module's own reshape of all splits
@@ -152,11 +152,9 @@ def train_member(cfg: Any, dataset: Any, rows: np.ndarray | None = None, progres
         ds = replace(ds, train=Split(ds.train.x[rows], ds.train.y[rows]))
     t = Trainer(cfg, model=model, dataset=ds, write=False, progress=progress, model_name=name)
     metrics = t.fit()
-    member = Member(name, params, get_weights(t.net), str(cfg.backend),
-                    {"source": "trained", "seed": int(cfg.seed), "steps": metrics["steps"],
-                     "member_test_acc": metrics["test_acc"], **(info or {})})
-    member._model, member._net = model, t.net
-    return member
+    # the native net is rebuilt from the weights on first use, on the host: the Trainer's may sit on trainer.device
+    return Member(name, params, get_weights(t.net), str(cfg.backend),
+                  {"source": "trained", "seed": int(cfg.seed), "steps": metrics["steps"], **(info or {})}, model)
 
 
 def check_compatible(members: Sequence[Member], num_classes: int | None = None) -> tuple[tuple[int, ...], int]:

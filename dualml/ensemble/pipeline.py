@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DualmlError
+from ..errors import ConfigError, DualmlError
 from ..quiet import progress_bar
 from .combine import Combiner, fit_combiner, hard_vote
 from .members import Member, check_compatible, from_checkpoint, member_config, train_member
@@ -125,6 +125,10 @@ def run_ensemble(cfg: Any, overrides: Sequence[str], out: str | Path, progress: 
     e = check_ensemble(OmegaConf.to_container(cfg.ensemble, resolve=True))
     out = Path(out)
     ds = load_dataset(OmegaConf.to_container(cfg.data, resolve=True), seed=int(cfg.seed))
+    if ds.task != "classification":
+        raise ConfigError(f"data.name={cfg.data.name} ({ds.task}) is not allowed for dualml ensemble; allowed: "
+                          "classification data (the combiners join class probabilities; gradient boosting for "
+                          "regression is not implemented)")
     specs = [{**s, "backend": s.get("backend") or (None if s.get("model") is None else str(cfg.backend))}
              for s in e["members"]]
     fitted = fit_members(specs, ds, overrides, e["method"], e["rounds"], int(cfg.seed), progress)
