@@ -29,9 +29,13 @@ def cmd_ensemble(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
     keep_in(out)
     report = run_ensemble(cfg, overrides, out)
     t = report["test"]
-    say(f"ensemble {report['name']} ({report['method']}, {report['combiner']['kind']}): test accuracy {t['acc']:.4f}, "
-        f"best member {report['best_member_test_acc']:.4f}; mean confidence {t['mean_confidence']:.3f}, "
-        f"agreement {t['mean_agreement']:.3f}")
+    if report["method"] == "gradient":
+        say(f"ensemble {report['name']} (gradient boosting, {len(report['members'])} rounds): test MAE "
+            f"{t['mae']:.4f}, round 1's member alone {report['gradient']['first_member_test_mae']:.4f}")
+    else:
+        say(f"ensemble {report['name']} ({report['method']}, {report['combiner']['kind']}): test accuracy "
+            f"{t['acc']:.4f}, best member {report['best_member_test_acc']:.4f}; mean confidence "
+            f"{t['mean_confidence']:.3f}, agreement {t['mean_agreement']:.3f}")
     if "bagging" in report:
         say(f"out-of-bag accuracy {report['bagging']['oob_accuracy']:.4f} vs test {t['acc']:.4f}")
     if "onnx" in report:

@@ -176,7 +176,8 @@ def features(p: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Combiner:
-    """A fitted combiner: ``kind`` (one of :data:`COMBINERS`, or ``samme``: boosting's alpha-weighted vote),
+    """A fitted combiner: ``kind`` (one of :data:`COMBINERS`, ``samme``: boosting's alpha-weighted vote, or
+    ``sum``: gradient boosting's ``sum_t weights_t * outputs_t + offset`` on raw regression outputs),
     ``weights`` for the vote kinds, ``stack`` for stacking. ``combine(probs)`` is what the ONNX graph
     computes."""
 
@@ -184,8 +185,12 @@ class Combiner:
     weights: np.ndarray | None = None
     stack: Stacking | None = None
     adaptive: AdaptiveWeights | None = None
+    #: ``sum`` only: added to the weighted sum (gradient boosting's un-scaling offsets)
+    offset: float = 0.0
 
     def combine(self, probs: Any) -> np.ndarray:
+        if self.kind == "sum":  # regression members' outputs, not probabilities: no simplex
+            return np.tensordot(np.asarray(self.weights, np.float64), _as_probs(probs), axes=1) + self.offset
         if self.kind in ("hard", "samme"):
             return hard_vote(probs, self.weights)
         if self.kind == "stacking":
@@ -199,6 +204,8 @@ class Combiner:
             out["weights"] = [float(v) for v in self.weights]
         if self.stack is not None:
             out["stacking"] = {"W_shape": list(self.stack.W.shape), "b": [float(v) for v in self.stack.b]}
+        if self.kind == "sum":
+            out["offset"] = self.offset
         if self.adaptive is not None:
             out["adaptive"] = {"eta": self.adaptive.eta, "floor": self.adaptive.floor,
                                "history": self.adaptive.history}

@@ -65,6 +65,14 @@ class Member:
     def probabilities(self, x: np.ndarray, batch: int = 512) -> np.ndarray:
         """Softmax of the member's outputs on ``x`` (reshaped to its sample shape), computed natively
         by its backend in eval mode, batch by batch; float32 like the member."""
+        return self._forward(x, batch, softmax=True)
+
+    def outputs(self, x: np.ndarray, batch: int = 512) -> np.ndarray:
+        """The member's raw outputs on ``x``, flattened per sample to [n, outputs] (regression members)."""
+        out = self._forward(x, batch, softmax=False)
+        return out.reshape(len(out), -1)
+
+    def _forward(self, x: np.ndarray, batch: int, softmax: bool) -> np.ndarray:
         be = get_backend(self.backend)
         net = self.net
         be.set_train(net, False)
@@ -72,7 +80,8 @@ class Member:
         out = []
         with be.no_grad():
             for i in range(0, len(x), batch):
-                out.append(be.numpy(be.ops.softmax(net(be.tensor(x[i:i + batch])), dim=-1)))
+                y = net(be.tensor(x[i:i + batch]))
+                out.append(be.numpy(be.ops.softmax(y, dim=-1) if softmax else y))
         return np.concatenate(out)
 
     def num_classes(self) -> int:

@@ -4,7 +4,8 @@ Each member is exported by the existing exporter of its own backend (``dualml.on
 verified there against its eager model), so nothing about a member's graph is re-invented here. The
 files are then merged: names prefixed per member (``m0/``, ``m1/``...), the one input ``input`` fed to
 each member (through a Reshape when a member takes another sample shape, e.g. the cnn's [1, 8, 8]
-beside the mlp's [64]), a Softmax per member (the exports output logits), and the combiner written as
+beside the mlp's [64]), a Softmax per member (the exports output logits; a Flatten instead for gradient
+boosting's regression members), and the combiner written as
 ONNX nodes that compute what :class:`dualml.ensemble.combine.Combiner` computes in numpy.
 
 One opset: torch's dynamo export is opset 18, paddle2onnx's at most 16; the lower ones are raised with
@@ -56,7 +57,11 @@ def merge(member_files: Sequence[str | Path], member_shapes: Sequence[tuple[int,
             nodes.append(helper.make_node("Reshape", [ort.INPUT_NAME, f"m{i}/feed_shape"], [own_in], name=f"m{i}/feed"))
         nodes.extend(g.node)
         inits.extend(g.initializer)
-        nodes.append(helper.make_node("Softmax", [g.output[0].name], [f"m{i}/probs"], axis=-1, name=f"m{i}/softmax"))
+        if combiner.kind == "sum":  # regression outputs are combined as they are, one row per sample
+            nodes.append(helper.make_node("Flatten", [g.output[0].name], [f"m{i}/probs"], axis=1, name=f"m{i}/flat"))
+        else:
+            nodes.append(helper.make_node("Softmax", [g.output[0].name], [f"m{i}/probs"], axis=-1,
+                                          name=f"m{i}/softmax"))
         probs.append(f"m{i}/probs")
         for o in m.opset_import:
             if o.domain not in ("", "ai.onnx"):
@@ -78,7 +83,8 @@ def combiner_nodes(combiner: Combiner, probs: list[str], k: int) -> tuple[list[A
 
     Votes (hard, samme): ArgMax -> OneHot (ties to the lowest class, like ``np.argmax``) -> x weight
     -> Sum. Weighted means (soft, weighted, logloss, adaptive): x weight -> Sum. Stacking: Concat
-    (member-major, as ``combine.features``) -> MatMul -> Add -> Softmax."""
+    (member-major, as ``combine.features``) -> MatMul -> Add -> Softmax. Gradient boosting (sum): x weight
+    -> Sum -> Add offset, on the flattened raw outputs."""
     from onnx import helper, numpy_helper
 
     nodes: list[Any] = []
@@ -109,5 +115,10 @@ def combiner_nodes(combiner: Combiner, probs: list[str], k: int) -> tuple[list[A
         inits.append(numpy_helper.from_array(np.array(w, np.float32), f"m{i}/weight"))
         nodes.append(helper.make_node("Mul", [src, f"m{i}/weight"], [f"m{i}/weighted"], name=f"m{i}/mul"))
         terms.append(f"m{i}/weighted")
+    if combiner.kind == "sum":
+        inits.append(numpy_helper.from_array(np.array(combiner.offset, np.float32), "combine/offset"))
+        nodes += [helper.make_node("Sum", terms, ["combine/total"], name="combine/sum"),
+                  helper.make_node("Add", ["combine/total", "combine/offset"], [ort.OUTPUT_NAME], name="combine/add")]
+        return nodes, inits
     nodes.append(helper.make_node("Sum", terms, [ort.OUTPUT_NAME], name="combine/sum"))
     return nodes, inits

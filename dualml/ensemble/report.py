@@ -9,6 +9,8 @@ from ..checkpoint import atomic_write_bytes, atomic_write_text, png_bytes
 
 
 def markdown(r: dict[str, Any]) -> str:
+    if r["method"] == "gradient":
+        return gradient_markdown(r)
     t = r["test"]
     lines = [f"# Ensemble `{r['name']}` ({r['method']}, combiner {r['combiner']['kind']}) on {r['data']}", "",
              f"split seed {r['seed']}: train {r['split']['train']}, val {r['split']['val']}, test {r['split']['test']}",
@@ -37,13 +39,38 @@ def markdown(r: dict[str, Any]) -> str:
             lines.append(f"| {row['round']} | {row['member']} | {row['weighted_error']:.4f} | "
                          f"{row['member_train_error']:.4f} | {row['alpha']:.3f} | "
                          f"{'-' if ens is None else f'{ens:.4f}'} |")
+    lines += onnx_lines(r)
+    lines += [f"note: {n}" for n in r.get("notes", [])]
+    return "\n".join(lines) + "\n"
+
+
+def gradient_markdown(r: dict[str, Any]) -> str:
+    """Gradient boosting: the running ensemble's masked errors after each round, then the baselines."""
+    g = r["gradient"]
+    lines = [f"# Ensemble `{r['name']}` (gradient boosting on residuals, shrinkage {g['shrinkage']}) on {r['data']}",
+             "", f"split seed {r['seed']}: train {r['split']['train']}, val {r['split']['val']}, test "
+             f"{r['split']['test']}; masked errors (missing readings left out) of the ensemble after each round", "",
+             "| round | member | fits | train MAE | val MAE | test MAE | test RMSE |", "|---|---|---|---|---|---|---|"]
+    for row, m in zip(g["rounds"], r["members"], strict=True):
+        lines.append(f"| {row['round']} | {row['member']} | {m['fits']} | {row['train_mae']:.4f} | "
+                     f"{row['val_mae']:.4f} | {row['test_mae']:.4f} | {row['test_rmse']:.4f} |")
+    t = r["test"]
+    lines += ["", f"**ensemble test MAE {t['mae']:.4f}** (RMSE {t['rmse']:.4f}, MAPE {t['mape']:.2f}%); round 1's "
+              f"member alone {g['first_member_test_mae']:.4f}"]
+    for name, b in (r.get("baselines") or {}).items():
+        lines.append(f"baseline {name}: test MAE {b['all']['mae']:.4f}" if "all" in b else f"baseline {name}")
+    lines += onnx_lines(r)
+    return "\n".join(lines) + "\n"
+
+
+def onnx_lines(r: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     if "onnx" in r:
         o = r["onnx"]
         lines += ["", f"ONNX: {o['file']} (opset {o['opset']}, {o['bytes']} bytes, {len(o['members'])} members); "
-                  f"ONNX Runtime vs in-process probabilities max abs diff {o['verification']['max_abs']:.2e} "
-                  f"({'within' if o['verification']['passed'] else 'OVER'} 1e-5)"]
-    lines += [f"note: {n}" for n in r.get("notes", [])]
-    return "\n".join(lines) + "\n"
+                  f"ONNX Runtime vs in-process outputs max abs diff {o['verification']['max_abs']:.2e} "
+                  f"({'within' if o['verification']['passed'] else 'OVER'} the tolerance)"]
+    return lines
 
 
 def plot_boosting(rounds: list[dict[str, Any]], path: Path, title: str = "") -> Path:
@@ -87,10 +114,37 @@ def plot_members(r: dict[str, Any], path: Path) -> Path:
     return atomic_write_bytes(path, png_bytes(fig, dpi=100))
 
 
+def plot_gradient(r: dict[str, Any], path: Path) -> Path:
+    """Masked MAE of the running ensemble by round (train, val, test), the baselines as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = r["gradient"]["rounds"]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    x = [row["round"] for row in rounds]
+    for split in ("train", "val", "test"):
+        ax.plot(x, [row[f"{split}_mae"] for row in rounds], "o-", label=f"{split} MAE")
+    for i, (name, b) in enumerate((r.get("baselines") or {}).items()):
+        if "all" in b:
+            ax.axhline(b["all"]["mae"], ls="--", color=f"C{i + 3}", label=f"{name} (test)")
+    ax.set_xlabel("boosting round")
+    ax.set_ylabel("masked MAE")
+    ax.set_title(f"{r['name']}: gradient boosting on residuals")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return atomic_write_bytes(path, png_bytes(fig, dpi=100))
+
+
 def write(r: dict[str, Any], out: Path) -> list[Path]:
-    """report.json, report.md, members.png and (boosting) boosting.png in ``out``."""
+    """report.json, report.md and the PNGs in ``out``: members.png, plus boosting.png (SAMME); gradient
+    boosting: gradient.png instead of members.png (a residual member has no score of its own)."""
     paths = [atomic_write_text(out / "report.json", json.dumps(r, indent=2, default=str)),
-             atomic_write_text(out / "report.md", markdown(r)), plot_members(r, out / "members.png")]
+             atomic_write_text(out / "report.md", markdown(r))]
+    if r["method"] == "gradient":
+        return [*paths, plot_gradient(r, out / "gradient.png")]
+    paths.append(plot_members(r, out / "members.png"))
     if "boosting" in r:
         paths.append(plot_boosting(r["boosting"]["rounds"], out / "boosting.png"))
     return paths

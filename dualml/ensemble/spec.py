@@ -18,11 +18,12 @@ from .members import MEMBER_KEYS
 
 #: every key of the ensemble group, with its default
 ENSEMBLE_KEYS: dict[str, Any] = {"name": "ensemble", "method": "vote", "combiner": "soft", "weights": None,
-                                 "eta": 1.0, "rounds": None, "members": [], "export": True}
-#: how members are obtained: as listed, on bootstrap resamples, or by SAMME boosting
-METHODS = ("vote", "bagging", "boosting")
-#: the combiner boosting uses (its own alpha-weighted vote), and only boosting
-SAMME = "samme"
+                                 "eta": 1.0, "rounds": None, "shrinkage": 0.5, "members": [], "export": True}
+#: how members are obtained: as listed, on bootstrap resamples, by SAMME boosting, or (regression) by
+#: gradient boosting on residuals
+METHODS = ("vote", "bagging", "boosting", "gradient")
+#: the combiner each boosting method uses (its own), and only it
+OWN_COMBINER = {"boosting": "samme", "gradient": "sum"}
 
 
 def _int(v: Any) -> bool:
@@ -36,9 +37,10 @@ def check_ensemble(section: Mapping[str, Any] | None) -> dict[str, Any]:
     e = {k: given.get(k, v) for k, v in ENSEMBLE_KEYS.items()}
     if e["method"] not in METHODS:
         raise ConfigError(not_allowed("ensemble.method", e["method"], METHODS))
-    allowed = (SAMME,) if e["method"] == "boosting" else COMBINERS
+    own = OWN_COMBINER.get(e["method"])
+    allowed = (own,) if own else COMBINERS
     if e["combiner"] not in allowed:
-        why = " (boosting combines by its own alpha-weighted vote)" if e["method"] == "boosting" else ""
+        why = f" (method {e['method']} combines its members its own way)" if own else ""
         raise ConfigError(not_allowed("ensemble.combiner", e["combiner"], allowed) + why)
     members = e["members"]
     if not isinstance(members, list) or not members:
@@ -50,7 +52,7 @@ def check_ensemble(section: Mapping[str, Any] | None) -> dict[str, Any]:
     if rounds is not None:
         if e["method"] == "vote":
             raise ConfigError(f"ensemble.rounds={rounds} is not allowed with ensemble.method=vote; allowed: null "
-                              "(or method bagging/boosting, which cycle through the members list)")
+                              "(or method bagging/boosting/gradient, which cycle through the members list)")
         if not _int(rounds) or rounds < 1:
             raise ConfigError(f"ensemble.rounds={rounds!r} is not allowed; allowed: null or an integer >= 1")
     count = len(members) if rounds is None else int(rounds)
@@ -62,6 +64,9 @@ def check_ensemble(section: Mapping[str, Any] | None) -> dict[str, Any]:
     eta = e["eta"]
     if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not eta >= 0:
         raise ConfigError(f"ensemble.eta={eta!r} is not allowed; allowed: a number >= 0")
+    rate = e["shrinkage"]
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 < rate <= 1:
+        raise ConfigError(f"ensemble.shrinkage={rate!r} is not allowed; allowed: a number > 0 and <= 1")
     if not isinstance(e["export"], bool):
         raise ConfigError(f"ensemble.export={e['export']!r} is not allowed; allowed: true, false")
     return e
@@ -78,7 +83,8 @@ def _check_member(i: int, m: Any, method: str) -> None:
         raise ConfigError(f"{key} has {', '.join(sources) or 'none'} of model/run/checkpoint; allowed: exactly one "
                           "(model: train it here; run/checkpoint: use trained weights)")
     if sources[0] != "model" and method != "vote":
-        what = "cannot take sample weights" if method == "boosting" else "cannot be trained on a bootstrap resample"
+        what = {"boosting": "cannot take sample weights", "bagging": "cannot be trained on a bootstrap resample",
+                "gradient": "cannot be trained on residuals"}[method]
         raise ConfigError(f"{key}.{sources[0]}={m[sources[0]]} is not allowed with ensemble.method={method}: a "
                           f"pre-trained member {what}; allowed: {{model, backend, seed, trainer}} members trained "
                           "by the ensemble")
