@@ -203,8 +203,13 @@ def test_members_that_do_not_fit_together_are_one_line():
     (["ensemble.weights=[0.5,0.5,0.5,0.5]"], "summing to 1"),
     (["ensemble.members=[{run: /nonexistent/run}]"], "ensemble.members[0].run=/nonexistent/run is not allowed"),
     (["ensemble=boosting", "ensemble.members=[{run: runs/x}]"], "a pre-trained member cannot take sample weights"),
-    (["data=traffic"], "data.name=traffic (regression) is not allowed for dualml ensemble"),
-    (["ensemble.method=stack"], "ensemble.method=stack is not allowed; allowed: bagging, boosting, vote"),
+    (["data=traffic"], "data.name=traffic (regression) is not allowed with ensemble.method=vote; allowed: "
+                       "classification data (or ensemble=gradient"),
+    (["ensemble=gradient"], "data.name=digits (classification) is not allowed with ensemble.method=gradient"),
+    (["ensemble=gradient", "ensemble.members=[{checkpoint: x}]"], "a pre-trained member cannot be trained on "
+                                                                  "residuals"),
+    (["ensemble=gradient", "ensemble.shrinkage=0"], "ensemble.shrinkage=0 is not allowed; allowed: a number > 0"),
+    (["ensemble.method=stack"], "ensemble.method=stack is not allowed; allowed: bagging, boosting, gradient, vote"),
     (["ensemble.members=[{model: mlp, backend: jax}]"], "ensemble.members[0].backend=jax is not allowed"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(args, words, tmp_path, capsys):
@@ -329,6 +334,37 @@ def test_cli_bagging_and_boosting_record_their_rows_and_rounds(method, tmp_path,
     alphas = np.array([r["alpha"] for r in rounds if r["kept"]])
     assert np.allclose(report["combiner"]["weights"], alphas / alphas.sum(), atol=1e-15, rtol=0)
     assert report["members"][0]["resample"]["seed"] == [3, 0]
+
+
+def test_gradient_combiner_is_the_rated_sum_of_unscaled_outputs_and_keeps_missing_readings_masked():
+    from dualml.ensemble.gradient import Boosted, _residual_split
+    from dualml.train.data import Split
+
+    b = Boosted(scales=[(57.0, 5.5), (0.0, 2.0), (0.0, 0.5)], rates=[1.0, 0.5, 0.5])
+    out = np.random.default_rng(0).standard_normal((3, 4, 6))
+    want = (out[0] * 5.5 + 57.0) + 0.5 * (out[1] * 2.0) + 0.5 * (out[2] * 0.5)
+    assert np.allclose(b.combiner().combine(out), want, atol=1e-12, rtol=0)
+    y = np.array([[[60.0, 0.0], [55.0, 58.0]]])  # one sample, 2 steps x 2 sensors, one missing reading
+    res = _residual_split(Split(np.zeros((1, 1)), y), np.array([[59.0, 50.0, 56.0, 58.0]]))
+    assert res.y.tolist() == [[[1.0, 0.0], [-1.0, 0.0]]]  # the missing one stays 0: the loss still masks it
+
+
+def test_cli_gradient_boosting_on_traffic_records_rounds_and_exports(tmp_path, one_torch_thread):
+    b = selected_backends()
+    members = f"[{{model: mlp, backend: {b[0]}, seed: 0}}, {{model: mlp, backend: {b[-1]}, seed: 5}}]"
+    assert main(["-q", "ensemble", "ensemble=gradient", "ensemble.rounds=2", f"ensemble.members={members}",
+                 "data=traffic", "data.nodes=3", "data.days=2", "trainer.loss=mse", "model.in_features=72",
+                 "model.num_classes=36", "trainer.max_steps=20", f"out_dir={tmp_path}"]) == 0
+    folder = tmp_path / "ensemble" / "gradient"
+    report = json.loads((folder / "report.json").read_text())
+    rounds = report["gradient"]["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2] and [r["rate"] for r in rounds] == [1.0, 0.5]
+    assert [m["fits"] for m in report["members"]] == ["targets", "residuals"]
+    assert rounds[1]["scale"][0] == 0.0 and rounds[1]["scale"][1] > 0
+    assert report["test"]["mae"] == pytest.approx(rounds[-1]["test_mae"], abs=1e-9)
+    # mph values ~60 in float32: 1e-5 + 1e-6 relative (ensemble.model says why)
+    assert report["onnx"]["verification"]["passed"], report["onnx"]["verification"]
+    assert (folder / "gradient.png").is_file() and (folder / "ensemble.onnx").is_file()
 
 
 def test_bad_combiner_from_python_is_a_dualml_error():

@@ -70,7 +70,7 @@ def boost(specs: Sequence[dict[str, Any]], dataset: Any, overrides: Sequence[str
         row: dict[str, Any] = {"round": r + 1, "member": f"{m.model_name}[{m.backend}]", "rate": rate,
                                "scale": list(scale)}
         for s, sp in splits.items():
-            f[s] = f[s] + rate * (m.outputs(sp.x) * scale[1] + scale[0])
+            f[s] = f[s] + rate * (m.outputs(sp.x).astype(np.float64) * scale[1] + scale[0])  # float64, as combine
             e = masked_errors(f[s].reshape(sp.y.shape), sp.y)
             row[f"{s}_mae"], row[f"{s}_rmse"] = e["mae"], e["rmse"]
         out.members.append(m)
