@@ -1,6 +1,6 @@
 """Ensembles of dualml models across backends (issue #18): members trained or loaded on torch or paddle,
 numpy combiners (votes, fitted weights, adaptive weights, stacking), bagging with out-of-bag scoring,
-SAMME boosting, and export of the whole ensemble to one ONNX file.
+SAMME boosting, gradient boosting on residuals (regression), and export of the whole ensemble to one ONNX file.
 
 ``dualml ensemble ensemble=<name>`` (configs/ensemble/*.yaml) runs :func:`run_ensemble`; from Python::
 
