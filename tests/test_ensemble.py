@@ -371,3 +371,12 @@ def test_bad_combiner_from_python_is_a_dualml_error():
     with pytest.raises(DualmlError, match="ensemble.combiner=vote is not allowed; allowed: adaptive, hard"):
         fit_combiner("vote", _probs(), np.zeros(4, int))
     assert Combiner("soft", np.full(3, 1 / 3)).combine(_probs()).shape == (4, 3)
+
+
+def test_command_help_lists_the_ensemble_group_and_its_docs(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["ensemble", "--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0
+    assert "ensemble=soft" in out and "one of: bagging, boosting, gradient, logloss, soft, stacking" in out
+    assert "ensemble.combiner=soft" in out and "logloss (simplex, val log-loss)" in out
