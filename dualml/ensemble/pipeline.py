@@ -1,10 +1,12 @@
 """``dualml ensemble``: get the members (load, train, bag or boost), fit the combiner on the validation
-split, score everything on the test split, export one ONNX file and write the report.
+split, score everything on the test split, export one ONNX file and write the report. Regression data
+goes to gradient boosting on residuals (``gradient.py``), scored with the masked forecast errors.
 
 The split is the ensemble's (``data`` + ``seed``), shared by every member trained here, so the
 validation split the combiner is fitted on and the test split it is scored on were seen by no member
 in training. Members loaded from runs were split by their own run's seed: the report flags a member
-whose run used another data config or seed (its training rows may be in this test split).
+whose run used another seed (its training rows may be in this test split). A run's data config is not
+compared: a member trained on other data is the user's call (its class count is still checked).
 """
 from __future__ import annotations
 
