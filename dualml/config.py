@@ -14,7 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .errors import ConfigError, did_you_mean, not_allowed
 
-GROUPS = ("model", "data", "trainer", "compress", "decision")
+GROUPS = ("model", "data", "trainer", "compress", "decision", "ensemble")
 
 
 def config_dir() -> Path:
@@ -76,7 +76,7 @@ def _parse(overrides: Sequence[str]) -> list[tuple[str, str]]:
 
 
 #: sections whose keys depend on a chosen kind (validated by their own module, e.g. schedules)
-OPEN_SECTIONS = ("trainer.schedule", "data", "compress")
+OPEN_SECTIONS = ("trainer.schedule", "data", "compress", "ensemble")
 
 
 def _check_key(cfg: DictConfig, key: str) -> Any:
@@ -237,7 +237,7 @@ def _check_minimums(cfg: DictConfig) -> None:
 #: keys whose value becomes a folder name under ``out_dir`` (``<out_dir>/bench/<model.name>/``,
 #: ``<out_dir>/compress/<compress.name>-<model.name>-<backend>/``); other paths (run_dir, out=, output=) are
 #: paths the user gives on purpose
-FILE_NAME_KEYS = ("model.name", "compress.name")
+FILE_NAME_KEYS = ("model.name", "compress.name", "ensemble.name")
 #: what such a value may hold: one path component, no ``..``, nothing a shell or another OS trips on
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 

@@ -2,9 +2,9 @@
 where it went. Bad input exits 2 with one line; a failed check exits 1.
 
 One argparse subcommand per file in this folder (``dualml/cli/<command>.py``, each with ``HELP``, ``KEYS``,
-``SECTION`` and ``cmd_<command>(cfg, overrides)``), imported here by name so the import graph shows
-what the command line reaches. ``dualml <command> --help`` lists the config keys that command reads, with
-their defaults and the comment next to each key in configs/*.yaml as its one-line doc.
+``SECTION``, ``cmd_<command>(cfg, overrides)`` and optionally ``GROUP_DEFAULTS``), imported here by name so
+the import graph shows what the command line reaches. ``dualml <command> --help`` lists the config keys that
+command reads, with their defaults and the comment next to each key in configs/*.yaml as its one-line doc.
 """
 from __future__ import annotations
 
@@ -22,7 +22,22 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from ..config import GROUPS, config_dir, load_config, load_yaml
 from ..errors import DualmlError, UserCodeError, did_you_mean
 from ..version import __version__
-from . import bench, compress, curves, decide, demo, estimate, export, layout, log, parity, predict, serve, train
+from . import (
+    bench,
+    compress,
+    curves,
+    decide,
+    demo,
+    ensemble,
+    estimate,
+    export,
+    layout,
+    log,
+    parity,
+    predict,
+    serve,
+    train,
+)
 from . import config as config_cmd
 from .auto import load
 
@@ -30,7 +45,7 @@ from .auto import load
 MODULES: dict[str, ModuleType] = {
     "train": train, "parity": parity, "curves": curves, "demo": demo, "layout": layout, "export": export,
     "predict": predict, "serve": serve, "compress": compress, "bench": bench, "decide": decide,
-    "estimate": estimate, "config": config_cmd,
+    "estimate": estimate, "ensemble": ensemble, "config": config_cmd,
 }
 COMMANDS = {name: m.HELP for name, m in MODULES.items()}
 EXAMPLES = ("dualml parity backend=torch parity.against=paddle", "dualml demo model=cnn",
@@ -86,16 +101,17 @@ def _leaves(node: Any, prefix: str) -> list[tuple[str, Any]]:
     return [(prefix, node)]
 
 
-def keys_help(keys: Sequence[str] | None) -> str:
-    """The config keys (``key=default  doc``) under ``keys`` (sections, groups or single keys; None: all)."""
+def keys_help(keys: Sequence[str] | None, groups: Sequence[str] = ()) -> str:
+    """The config keys (``key=default  doc``) under ``keys`` (sections, groups or single keys; None: all);
+    ``groups``: the command's own group choices (``GROUP_DEFAULTS``, e.g. ``ensemble=soft``)."""
     root = config_dir()
     try:
-        cfg = load_config([])  # never resolves backend=auto: help must not run a benchmark
+        cfg = load_config(list(groups))  # never resolves backend=auto: help must not run a benchmark
     except DualmlError as exc:  # a broken config still gets help, with the reason
         return f"config keys: unavailable ({exc})"
     docs = yaml_comments((root / "config.yaml").read_text())
     base = load_yaml(root / "config.yaml")
-    chosen = dict(base.get("defaults", {}))
+    chosen = {**dict(base.get("defaults", {})), **dict(g.split("=", 1) for g in groups)}
     rows: list[tuple[str, str, str]] = []
     wanted = list(keys) if keys is not None else [k for k in cfg.keys()]
     for want in wanted:
@@ -132,7 +148,8 @@ def parser(help_for: str | None = None) -> argparse.ArgumentParser:
         bare = f"; keys of `{section}` may be given bare, a bare word is {section}.model" if section else ""
         s = sub.add_parser(name, help=module.HELP, description=f"{module.HELP}{bare}",
                            formatter_class=argparse.RawDescriptionHelpFormatter,  # the key table as written
-                           epilog=keys_help(module.KEYS or None) if name == help_for else None)
+                           epilog=keys_help(module.KEYS or None, getattr(module, "GROUP_DEFAULTS", ()))
+                           if name == help_for else None)
         s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (OmegaConf dotlist)")
         _verbosity_flags(s)
     return p
@@ -234,7 +251,11 @@ def _run(argv: list[str]) -> int:
         print(f"error: argument '{name}' is not allowed; allowed: --version, --help or a command: "
               f"{', '.join(MODULES)}", file=sys.stderr)
         return 2
-    overrides = _expand(args.command, [*args.overrides, *unknown])
+    # a command's own config group (``GROUP_DEFAULTS``, e.g. ``ensemble=soft``) comes first, so the user's
+    # choice wins; such groups stay out of configs/config.yaml's defaults, hence out of every run's config
+    # (a run folder's config.yaml and a resume's comparison would otherwise carry them)
+    group_defaults = list(getattr(MODULES[args.command], "GROUP_DEFAULTS", ()))
+    overrides = _expand(args.command, [*group_defaults, *args.overrides, *unknown])
     cfg = load(overrides)
     return command(args.command)(cfg, overrides)
 
