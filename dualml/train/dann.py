@@ -192,15 +192,18 @@ def mixed_dataset(domains: Domains) -> Dataset:
 
 
 def dann_fit(model: DANN, domains: Domains, backend: str = "torch", adapt: bool = True, gamma: float = 10.0,
-             **fit_keys: Any) -> Any:
+             lambda_max: float = 1.0, **fit_keys: Any) -> Any:
     """Train ``model`` with DANN (``adapt=True``) or source-only on the same batches (``adapt=False``) through
-    ``dualml.fit``; ``fit_keys`` are fit's (seed, run_dir, progress, trainer keys). Returns the Trainer:
-    ``.metrics["test_acc"]`` is the accuracy on the target domain's test split."""
+    ``dualml.fit``; ``fit_keys`` are fit's (seed, run_dir, progress, trainer keys). ``lambda_max`` scales the
+    paper's schedule (its 1.0 is the default). Returns the Trainer: ``.metrics["test_acc"]`` is the accuracy on
+    the target domain's test split."""
     from .api import fit
 
     if not isinstance(model, DANN):
         raise ConfigError(f"model {type(model).__name__} is not allowed; allowed: a dualml.train.dann.DANN")
-    schedule = LambdaSchedule(gamma) if adapt else None
+    if not (math.isfinite(lambda_max) and lambda_max >= 0):
+        raise ConfigError(f"lambda_max={lambda_max!r} is not allowed; allowed: a finite number >= 0")
+    schedule = LambdaSchedule(gamma, lambda_max) if adapt else None
     c = model.num_classes
     loss = lambda be, logits, labels, x: dann_loss(be, logits, labels, x, c, adapt)  # noqa: E731
     return fit(model, mixed_dataset(domains), backend, loss_fn=loss, after_step=schedule, **fit_keys)

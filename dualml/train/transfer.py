@@ -96,7 +96,7 @@ def init_from(model: Module, spec: str, seed: int, dtype: str = "float32",
             report.skipped.append({"name": name, "reason": why})
     report.skipped += [{"name": k, "reason": "not in model"} for k in ckpt if k not in want]
     if not report.loaded:
-        theirs, ours = ", ".join(list(ckpt)[:4]), ", ".join(list(want)[:4])
+        theirs, ours = ", ".join(sorted(ckpt)[:4]), ", ".join(list(want)[:4])
         raise ConfigError(f"{key}={spec} is not allowed: no tensor of {path} fits model {type(model).__name__} "
                           f"by canonical name and shape (checkpoint: {theirs or 'no tensors'} ...; model: {ours} ...); "
                           "allowed: a checkpoint of a model that shares layers with this one")
