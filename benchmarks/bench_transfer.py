@@ -11,7 +11,7 @@
 (c) cross-backend: the seed-0 checkpoint of (a), pretrained on ``--backend``, fine-tuned on the other backend.
 
 Writes reports/transfer/bench_transfer.json, transfer_curves.png, dann.png (and prints where);
-``--record`` also copies the JSON to benchmarks/results/bench_transfer.json.
+``--record`` also copies them to benchmarks/results/bench_transfer{.json,_transfer_curves.png,_dann.png}.
 """
 from __future__ import annotations
 
@@ -210,8 +210,10 @@ def main() -> None:
     report["seconds"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(report, indent=2)
     atomic_write(out / "bench_transfer.json", text.encode())
-    if args.record:
+    if args.record:  # the committed copy (reports/ is not tracked); the README shows these PNGs
         atomic_write(ROOT / "benchmarks" / "results" / "bench_transfer.json", text.encode())
+        for name in ("transfer_curves.png", "dann.png"):
+            atomic_write(ROOT / "benchmarks" / "results" / f"bench_transfer_{name}", (out / name).read_bytes())
     for part in ("fine_tune", "dann"):
         print(part, json.dumps(report[part]["summary"]))
     print(f"report: {out / 'bench_transfer.json'}, {out / 'transfer_curves.png'}, {out / 'dann.png'} "
