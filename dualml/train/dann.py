@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from .. import layers as L
-from ..build import native_leaves
 from ..errors import ConfigError
 from ..module import Module, Sequential
 from .data import Dataset, Split, from_arrays
@@ -118,8 +117,8 @@ def set_grl_lambda(net: Any, value: float) -> int:
     from ..build import native_nodes
 
     n = 0
-    for path, nat in native_leaves(net).items():
-        if isinstance(native_nodes(net)[path][0], L.GradReverse):
+    for spec, nat in native_nodes(net).values():
+        if isinstance(spec, L.GradReverse):
             nat.lambda_ = float(value)
             n += 1
     return n
