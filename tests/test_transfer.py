@@ -126,6 +126,22 @@ def test_init_from_via_fit(pretrained):
     assert len(t.init_report.loaded) == len(manifest(CNN())) - 2 and t.metrics["init_from"]["new"] == 2
 
 
+def test_fine_tune_run_resumes_without_init_from(pretrained, target, tmp_path):
+    """A fine-tune's checkpoints hold its weights: the resume drops ``init_from`` (which the resume check allows)
+    and ends where the uninterrupted fine-tune ends, bit for bit."""
+    be = BACKENDS[0]
+    spec = f"{pretrained[be]}/best"
+    whole = _trainer(be, CNN(num_classes=10), target, run_dir=tmp_path / "whole", init_from=spec, max_steps=4)
+    whole.fit()
+    _trainer(be, CNN(num_classes=10), target, run_dir=tmp_path / "part", init_from=spec, max_steps=2).fit()
+    rest = _trainer(be, CNN(num_classes=10), target, run_dir=tmp_path / "part", resume=True, max_steps=4)
+    assert rest.init_report is None
+    rest.fit()
+    a, b = get_weights(whole.net), get_weights(rest.net)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
 def test_init_from_refusals(pretrained, target, tmp_path):
     be = BACKENDS[0]
     run = pretrained[be]
