@@ -236,6 +236,25 @@ def test_resume_across_the_unfreeze_epoch(backend, tmp_path):
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
+@pytest.mark.parametrize("first,second", backend_pairs())
+def test_cross_backend_resume_after_unfreeze(first, second, tmp_path):
+    """Stopped on one backend after conv1 thawed, resumed on the other: the loss continues the uninterrupted
+    run's curve within test_training's cross-backend resume bar (1e-4 relative). conv1's Adam moments and its
+    own step count (not the global one) must make it across for that."""
+    keys = {"freeze": ["conv1.*"], "unfreeze": [{"at_epoch": 1, "params": "conv1.*"}],
+            "optimizer": {"name": "adam", "lr": 1e-3}}
+    ref = _trainer(first, CNN(), _small(), epochs=3, **keys)
+    ref.fit()
+    spe = ref.steps_per_epoch
+    _trainer(first, CNN(), _small(), run_dir=tmp_path / "r", epochs=3, max_steps=spe + 2, **keys).fit()
+    cont = _trainer(second, CNN(), _small(), run_dir=tmp_path / "r", epochs=3, resume=True, **keys)
+    cont.fit()
+    ours = [r["loss"] for r in cont.history.steps[spe + 2:]]
+    theirs = [r["loss"] for r in ref.history.steps[spe + 2:]]
+    assert len(ours) == 2 * spe - 2
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4)
+
+
 @pytest.mark.parametrize("unfreeze,freeze,expected", [
     ([{"at_epoch": 1, "params": "nothing.*"}], ["conv1.*"],
      "trainer.unfreeze[0].params='nothing.*' matches no parameter"),
