@@ -302,6 +302,14 @@ class Backend(ABC):
         """The framework's own optimizer for ``spec`` (dualml.train.optim.OptimSpec) over ``groups``;
         ``frozen`` parameters get no gradient and no optimizer slot."""
 
+    def set_trainable(self, module: Any, names: list[str], trainable: bool) -> None:
+        """Let the native parameters ``names`` get gradients (or not) from the next step on, without
+        touching the optimizer (``trainer.unfreeze``): an optimizer skips a parameter that has no gradient,
+        so it keeps no slot and makes no update for it while it is frozen. The default refuses in one line,
+        so an adapter without it still does everything else."""
+        raise BackendError(f"backend={self.name} cannot change which parameters train during a run "
+                           "(Backend.set_trainable); trainer.unfreeze is not allowed here")
+
     @abstractmethod
     def set_lr(self, opt: Any, base_lr: float, groups: list[Any]) -> None:
         """Apply this step's scheduled base rate (group multipliers included)."""
@@ -399,9 +407,11 @@ class Backend(ABC):
 
     @abstractmethod
     def load_optimizer_slots(self, opt: Any, module: Any, spec: Any, slots: dict[str, dict[str, np.ndarray]],
-                             step: int, extras: dict[str, np.ndarray] | None = None) -> None:
+                             step: int, extras: dict[str, np.ndarray] | None = None,
+                             param_steps: dict[str, int] | None = None) -> None:
         """Install slot arrays, the step count and (same backend only) :meth:`optimizer_extras`, so
-        the next update continues the run exactly."""
+        the next update continues the run exactly. ``param_steps``: native parameter -> its own update
+        count where it differs from ``step`` (a parameter unfrozen mid-run started its moments then)."""
 
     # ------------------------------------------------------------------ devices (dualml.devices parses and chooses)
     #: the adapter's current device (``dualml.devices.Device``): where :meth:`tensor` puts new tensors and

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DiskFullError, DualmlWarning, WeightsFileError
+from .errors import ConfigError, DiskFullError, DualmlWarning, WeightsFileError
 from .version import __version__
 
 
@@ -186,3 +186,17 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[s
         warnings.warn(f"{path} is a {FORMATS[0]} file: its tensors are checked, its metadata (step, config) is "
                       f"not; saving it again writes {FORMAT}, which checks both", DualmlWarning, stacklevel=2)
     return weights, meta
+
+
+def resolve_checkpoint(spec: str, key: str = "export.checkpoint") -> Path:
+    """``RUN/best`` -> ``RUN/best.safetensors``; a run folder -> its best checkpoint; a file as is.
+
+    In the core (not in ``dualml.onnx``) because export, compression and ``trainer.init_from`` all name
+    checkpoints the same way, and the Trainer sits below ``onnx`` in the layers. ``key`` is the setting the
+    one-line error names."""
+    p = Path(spec)
+    for candidate in (p, p.with_name(p.name + ".safetensors"), p / "best.safetensors"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"{key}={spec} is not a checkpoint: no file {p}, {p}.safetensors or "
+                      f"{p}/best.safetensors (give RUN/best, RUN/last or a .safetensors file)")

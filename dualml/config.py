@@ -195,7 +195,7 @@ NULL_DEFAULT_TYPES: dict[str, type] = {
     "trainer.max_steps": int, "trainer.clip_norm": float, "trainer.amp": str, "trainer.run_dir": str,
     "parity.only": str, "export.checkpoint": str, "export.out": str, "export.opset": int, "predict.model": str,
     "predict.input": str, "predict.output": str, "serve.model": str, "serve.name": str, "serve.token": str,
-    "decide.bench": str, "estimate.samples": int, "compress.checkpoint": str,
+    "decide.bench": str, "estimate.samples": int, "compress.checkpoint": str, "trainer.init_from": str,
 }
 #: numeric keys and their smallest allowed value: a zero batch or step count fails deep inside a loop
 #: (``range() arg 3 must not be zero``) instead of here with the key's name. A float bound marks a key that

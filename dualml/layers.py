@@ -710,6 +710,29 @@ class Flatten(Layer):
         return [("Flatten", cls(), [InputSpec((2, 3, 4, 5))])]
 
 
+class GradReverse(Layer):
+    """Gradient reversal (Ganin & Lempitsky 2015, the layer DANN puts between the features and the domain
+    classifier): identity forward, ``-lambda_ * upstream`` gradient backward, so one backward pass trains the
+    domain head to tell the domains apart and the features to make that impossible.
+
+    Native leaves (torch ``autograd.Function``, paddle ``PyLayer``) read their ``lambda_`` attribute at every
+    call, so a schedule can change it between steps (``dualml.train.dann.set_grl_lambda``) without a rebuild.
+    When no gradient is being recorded (eval under no_grad, tracing, ONNX export, paddle's static graph) they
+    return the input itself, so an export holds no custom op: the layer is an identity there."""
+
+    def __init__(self, lambda_: float = 1.0) -> None:
+        lam = float(lambda_)
+        if not math.isfinite(lam) or lam < 0:
+            raise ConfigError(f"GradReverse: lambda_={lambda_!r} is not allowed; allowed: a finite number >= 0")
+        self.lambda_ = lam
+
+    @classmethod
+    def examples(cls):
+        # lambda 0.7 is not a float32 value: both backends must scale the gradient in its own dtype alike
+        return [("GradReverse", cls(0.7), [InputSpec((3, 5))]),
+                ("GradReverse-4d", cls(2.0), [InputSpec((2, 3, 4, 4))])]
+
+
 # ----------------------------------------------------------------------------- blocks
 class TransformerEncoderLayer(Layer):
     """Batch-first encoder block built as each framework's own ``TransformerEncoderLayer``.
@@ -756,5 +779,5 @@ BUILTIN_LAYERS: tuple[type[Layer], ...] = (
     Linear, Conv1d, Conv2d, ConvTranspose2d, BatchNorm1d, BatchNorm2d, LayerNorm, GroupNorm,
     Embedding, Dropout, MultiheadAttention, LSTM, GRU, MaxPool1d, MaxPool2d, AvgPool1d, AvgPool2d,
     AdaptiveAvgPool1d, AdaptiveAvgPool2d, AdaptiveMaxPool2d, ReLU, GELU, SiLU, Sigmoid, Tanh,
-    Softmax, LeakyReLU, PReLU, Flatten, Identity, TransformerEncoderLayer,
+    Softmax, LeakyReLU, PReLU, Flatten, Identity, TransformerEncoderLayer, GradReverse,
 )

@@ -171,6 +171,35 @@ implements(L.PReLU, P, rules=lambda s: rename({"weight": "_weight"}))(lambda s: 
 implements(L.Flatten, P)(lambda s: nn.Flatten(s.start_dim, s.end_dim))
 
 
+class _Reverse(paddle.autograd.PyLayer):
+    @staticmethod
+    def forward(ctx: Any, x: Any, lambda_: float) -> Any:
+        ctx.lambda_ = lambda_
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Any) -> Any:
+        # a tensor in the gradient's dtype, not a Python float: paddle's scalar multiply holds the factor
+        # as a float32 attribute, which would round lambda in a float64 run
+        return grad * paddle.full([], -ctx.lambda_, grad.dtype)
+
+
+class GradReverse(nn.Layer):
+    """Identity forward, ``-lambda_ * grad`` backward (dualml.layers.GradReverse); ``lambda_`` is read per call."""
+
+    def __init__(self, lambda_: float) -> None:
+        nn.Layer.__init__(self)
+        self.lambda_ = lambda_
+
+    def forward(self, x: Any) -> Any:
+        if not paddle.in_dynamic_mode() or not paddle.is_grad_enabled() or x.stop_gradient:
+            return x  # static graph (jit.save, paddle2onnx) and no-grad evaluation: a plain identity
+        return _Reverse.apply(x, float(self.lambda_))
+
+
+implements(L.GradReverse, P)(lambda s: GradReverse(s.lambda_))
+
+
 # --------------------------------------------------------------------------- attention
 def additive_mask(attn_mask: Any = None, key_padding_mask: Any = None, query: Any = None,
                   num_heads: int = 1) -> Any:

@@ -36,6 +36,11 @@ class PaddleTraining:
         return paddle.optimizer.AdamW(learning_rate=spec.lr, beta1=b1, beta2=b2, epsilon=spec.eps,
                                       parameters=pgroups, weight_decay=spec.weight_decay)
 
+    def set_trainable(self, module: Any, names: list[str], trainable: bool) -> None:
+        params = dict(module.named_parameters())
+        for name in names:
+            params[name].stop_gradient = not trainable
+
     def set_lr(self, opt: Any, base_lr: float, groups: list[Any]) -> None:
         opt.set_lr(base_lr)
 
@@ -125,7 +130,8 @@ class PaddleTraining:
         return out
 
     def load_optimizer_slots(self, opt: Any, module: Any, spec: Any, slots: dict[str, dict[str, np.ndarray]],
-                             step: int, extras: dict[str, np.ndarray] | None = None) -> None:
+                             step: int, extras: dict[str, np.ndarray] | None = None,
+                             param_steps: dict[str, int] | None = None) -> None:
         state = {}
         for name, p in module.named_parameters():
             have = False
@@ -137,7 +143,8 @@ class PaddleTraining:
                 for i, beta in enumerate(spec.betas, start=1):
                     exact = (extras or {}).get(f"{name}.beta{i}_pow_acc")
                     dtype = next(iter(slots[s][name] for s in spec.slots if name in slots.get(s, {}))).dtype
-                    value = exact if exact is not None else np.array([beta ** (step + 1)], dtype)
+                    taken = (param_steps or {}).get(name, step)
+                    value = exact if exact is not None else np.array([beta ** (taken + 1)], dtype)
                     state[f"{p.name}_beta{i}_pow_acc_0"] = paddle.to_tensor(value)
         if state:  # one call: set_state_dict replaces what an earlier call left pending
             opt.set_state_dict(state)

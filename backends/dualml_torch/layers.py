@@ -61,6 +61,33 @@ _simple(L.PReLU, lambda s: nn.PReLU(s.num_parameters, s.init))
 _simple(L.Flatten, lambda s: nn.Flatten(s.start_dim, s.end_dim))
 
 
+class _Reverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, lambda_: float) -> torch.Tensor:
+        ctx.lambda_ = lambda_
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * -ctx.lambda_, None
+
+
+class GradReverse(nn.Module):
+    """Identity forward, ``-lambda_ * grad`` backward (dualml.layers.GradReverse); ``lambda_`` is read per call."""
+
+    def __init__(self, lambda_: float) -> None:
+        super().__init__()
+        self.lambda_ = lambda_
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return x  # nothing to reverse: exports and no-grad evaluation see a plain identity
+        return _Reverse.apply(x, float(self.lambda_))
+
+
+_simple(L.GradReverse, lambda s: GradReverse(s.lambda_))
+
+
 # --------------------------------------------------------------------------- attention
 def mha_rules(s: Any) -> list[Rule]:
     rules = [Rule(("q_proj.weight", "k_proj.weight", "v_proj.weight"), "in_proj_weight", "stack0"),

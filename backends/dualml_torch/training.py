@@ -28,6 +28,11 @@ class TorchTraining:
     def make_optimizer(self, module: Any, spec: Any, groups: list[Any], frozen: list[str]) -> Any:
         return _make_optimizer(module, spec, groups, frozen)
 
+    def set_trainable(self, module: Any, names: list[str], trainable: bool) -> None:
+        params = dict(module.named_parameters())
+        for name in names:
+            params[name].requires_grad_(trainable)
+
     def set_lr(self, opt: Any, base_lr: float, groups: list[Any]) -> None:
         for pg, g in zip(opt.param_groups, groups, strict=True):
             pg["lr"] = base_lr * g.lr_mult
@@ -96,7 +101,8 @@ class TorchTraining:
         return out
 
     def load_optimizer_slots(self, opt: Any, module: Any, spec: Any, slots: dict[str, dict[str, np.ndarray]],
-                             step: int, extras: dict[str, np.ndarray] | None = None) -> None:
+                             step: int, extras: dict[str, np.ndarray] | None = None,
+                             param_steps: dict[str, int] | None = None) -> None:
         for name, p in module.named_parameters():
             state = {}
             for slot in spec.slots:
@@ -104,6 +110,6 @@ class TorchTraining:
                     state[_TORCH_SLOTS[slot]] = torch.from_numpy(np.array(slots[slot][name], order="C")).to(p.device)
             if state:
                 if spec.name != "sgd":
-                    state["step"] = torch.tensor(float(step))
+                    state["step"] = torch.tensor(float((param_steps or {}).get(name, step)))
                 opt.state[p] = state
 

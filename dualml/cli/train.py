@@ -154,6 +154,8 @@ def cmd_train(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
     trainer = Trainer(cfg)
     if trainer.is_main and not os.environ.get("DUALML_WORKER"):
         say(trainer.device_note)
+    if trainer.is_main and trainer.init_report is not None:
+        say(trainer.init_report.summary())
     try:
         metrics = trainer.fit()
     except TrainingDiverged as exc:

@@ -179,7 +179,7 @@ def trace(model: Module | Layer, input_shape: Sequence[int] | None = None, backe
 
 
 # ----------------------------------------------------------------------------- FLOPs
-_ZERO = (L.ReLU, L.GELU, L.SiLU, L.Sigmoid, L.Tanh, L.Identity, L.Softmax, L.LeakyReLU, L.PReLU,
+_ZERO = (L.ReLU, L.GELU, L.SiLU, L.Sigmoid, L.Tanh, L.Identity, L.GradReverse, L.Softmax, L.LeakyReLU, L.PReLU,
          L.Flatten, L.Dropout, L.Embedding, L._Pool, L._AdaptivePool)
 
 

@@ -38,7 +38,7 @@ from .. import layers as L
 
 F32, I64 = 4, 8
 
-_VIEWS = (L.Flatten, L.Identity)
+_VIEWS = (L.Flatten, L.Identity, L.GradReverse)
 _READS_OUTPUT = (L.ReLU, L.Sigmoid, L.Tanh, L.Softmax)
 _READS_NOTHING = (L.AvgPool1d, L.AvgPool2d, L.AdaptiveAvgPool1d, L.AdaptiveAvgPool2d)
 _MAX_POOLS = (L.MaxPool1d, L.MaxPool2d, L.AdaptiveMaxPool2d)

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..backend import get_backend
 from ..build import build, native_leaves
-from ..checkpoint import atomic_write_bytes, load_weights
+from ..checkpoint import atomic_write_bytes, load_weights, resolve_checkpoint  # noqa: F401  (re-exported)
 from ..errors import ConfigError, DualmlError, ExportError, VerificationError, did_you_mean
 from ..module import Module
 from ..version import __version__
@@ -178,16 +178,6 @@ def export_model(model: Module, backend: str, weights: dict[str, np.ndarray] | N
 
 
 # ---------------------------------------------------------------- the `dualml export` command
-
-def resolve_checkpoint(spec: str) -> Path:
-    """``RUN/best`` -> ``RUN/best.safetensors``; a run folder -> its best checkpoint; a file as is."""
-    p = Path(spec)
-    for candidate in (p, p.with_name(p.name + ".safetensors"), p / "best.safetensors"):
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(f"export.checkpoint={spec} is not a checkpoint: no file {p}, {p}.safetensors or "
-                      f"{p}/best.safetensors (give RUN/best, RUN/last or a .safetensors file)")
-
 
 def checkpoint_model(cfg: Any, path: Path, explicit_model: bool) -> tuple[str, dict, dict[str, np.ndarray], dict]:
     """(model name, model params, canonical weights, metadata) of a training checkpoint or a plain

@@ -6,9 +6,11 @@ applied over them with the same validation as command-line overrides, so a typo 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import OmegaConf
 
 from ..config import load_config
@@ -20,12 +22,16 @@ from .trainer import Trainer
 
 def fit(model: Module, data: Dataset | tuple[Any, Any], backend: str = "torch", *, seed: int = 0,
         batch_size: int = 64, val_fraction: float = 0.1, test_fraction: float = 0.2,
-        run_dir: str | Path | None = None, progress: bool = True, **trainer: Any) -> Trainer:
+        run_dir: str | Path | None = None, progress: bool = True,
+        loss_fn: Callable[[Any, Any, Any, np.ndarray], Any] | None = None,
+        after_step: Callable[[Trainer], None] | None = None, **trainer: Any) -> Trainer:
     """Train ``model`` (any ``dualml.Module``; no ``input_spec`` needed) on ``data`` (``(x, y)`` numpy
     arrays, split stratified by ``seed``, or a ``Dataset``) on ``backend``. ``trainer`` keys are those of
     configs/trainer/default.yaml (``epochs=5``, ``optimizer={"name": "sgd", "lr": 0.1}``, ``dtype="float64"``,
     ...). With ``run_dir`` the run folder is written as by ``dualml train``. Returns the Trainer after
-    ``fit()``: ``.net`` is the native model, ``.metrics`` the test metrics, ``.history`` the curves."""
+    ``fit()``: ``.net`` is the native model, ``.metrics`` the test metrics, ``.history`` the curves.
+    ``loss_fn``/``after_step`` are the Trainer's (a custom loss such as DANN's, a per-step hook), so a method
+    built on them (``dualml.train.dann``) gets the same config handling as any other run."""
     cfg = load_config([f"backend={backend}", f"seed={seed}", f"data.batch_size={batch_size}"])
     for key, value in trainer.items():
         if key not in cfg.trainer:
@@ -37,6 +43,6 @@ def fit(model: Module, data: Dataset | tuple[Any, Any], backend: str = "torch", 
     ds = data if isinstance(data, Dataset) else from_arrays(*data, val_fraction=val_fraction,
                                                            test_fraction=test_fraction, seed=seed)
     t = Trainer(cfg, model=model, dataset=ds, write=run_dir is not None, progress=progress,
-                model_name=type(model).__name__)
+                model_name=type(model).__name__, loss_fn=loss_fn, after_step=after_step)
     t.metrics = t.fit()
     return t

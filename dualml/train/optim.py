@@ -83,9 +83,13 @@ class ParamGroup:
 
 
 def make_groups(index: Mapping[str, tuple[str, ...]], groups_cfg: list[Mapping[str, Any]] | None,
-                freeze: list[str] | None) -> tuple[list[ParamGroup], list[str]]:
+                freeze: list[str] | None, include_frozen: bool = False) -> tuple[list[ParamGroup], list[str]]:
     """Assign native parameters to groups by canonical-name glob patterns (first match wins) and
-    list the frozen ones. ``index`` maps native parameter name -> canonical names it holds."""
+    list the frozen ones. ``index`` maps native parameter name -> canonical names it holds.
+
+    ``include_frozen``: frozen parameters are also placed in their group (``trainer.unfreeze``): the
+    optimizer is built over every parameter once, frozen ones get no gradient and so no update and no
+    slot until they are made trainable, and then they train at their group's rate."""
     freeze = list(freeze or [])
     groups_cfg = list(groups_cfg or [])
     canon = [c for names in index.values() for c in names]
@@ -99,7 +103,8 @@ def make_groups(index: Mapping[str, tuple[str, ...]], groups_cfg: list[Mapping[s
     for native_name, names in index.items():
         if any(fnmatch.fnmatch(c, p) for c in names for p in freeze):
             frozen.append(native_name)
-            continue
+            if not include_frozen:
+                continue
         hits = {i for i, g in enumerate(groups_cfg) for c in names if fnmatch.fnmatch(c, g.get("params", ""))}
         if len(hits) > 1:
             raise ConfigError(f"parameter {native_name} (canonical {', '.join(names)}) falls in several "

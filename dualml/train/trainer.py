@@ -51,7 +51,9 @@ from .optim import OptimSpec, make_groups, parse_optim
 RESUME_MAY_CHANGE = ("backend", "trainer.resume", "trainer.run_dir", "trainer.epochs", "trainer.max_steps",
                      "out_dir", "parity", "trainer.devices", "trainer.eval_batch_size", "trainer.early_stopping",
                      "trainer.checkpoint_every", "trainer.device", "trainer.nnodes", "trainer.node_rank",
-                     "trainer.master_addr", "trainer.master_port", "trainer.rendezvous_timeout_s")
+                     "trainer.master_addr", "trainer.master_port", "trainer.rendezvous_timeout_s",
+                     # the weights a run started from are in its checkpoints; a resume must not name them again
+                     "trainer.init_from")
 
 
 class TrainingDiverged(DualmlError):
@@ -191,6 +193,17 @@ class Trainer:
         self.amp = self.t.amp
         self.clip_norm = None if self.t.clip_norm is None else float(self.t.clip_norm)
         self.seed = int(cfg.seed)
+        self.init_report = None
+        init_spec = self.t.get("init_from", None)
+        if init_spec is not None:
+            if self.t.resume:
+                raise ConfigError(f"trainer.init_from={init_spec} with trainer.resume=true is not allowed; a resume "
+                                  "continues its own run's weights: drop trainer.init_from (or resume=true)")
+            if weights is not None:
+                raise ConfigError(f"trainer.init_from={init_spec} is not allowed together with Trainer(weights=...); "
+                                  "give one of them")
+            from .transfer import init_from
+            weights, self.init_report = init_from(self.model, str(init_spec), int(cfg.seed), self.dtype)
         # built on the host (canonical numpy weights), then moved: the checkpoint never depends on the device
         self.net = self.be.to_device(build(self.model, cfg.backend, seed=cfg.seed, weights=weights, dtype=self.dtype))
         self.loss_fn, self.after_step = loss_fn, after_step
@@ -199,10 +212,12 @@ class Trainer:
         self.reseed = loss_fn is not None or any(leaf.draws_random for _, leaf in named_leaves(self.model))
         self._check_data_fits()
         self.train_net = self.be.wrap_data_parallel(self.net) if self.world_size > 1 else self.net
-        index = param_index(self.net)
+        self.index = index = param_index(self.net)
+        self._set_unfreeze(index)
         self.groups, self.frozen = make_groups(index, OmegaConf.to_container(self.t.param_groups),
-                                               list(self.t.freeze))
+                                               list(self.t.freeze), include_frozen=bool(self.unfreeze))
         self.opt = self.be.make_optimizer(self.net, self.spec, self.groups, self.frozen)
+        self.frozen_now = list(self.frozen)
         # what every step works on, handed to the adapter's train_step (the adapter owns the step)
         if loss_fn is not None:
             loss = lambda logits, labels, x, y: loss_fn(self.be, logits, labels, x)  # noqa: E731
@@ -222,6 +237,30 @@ class Trainer:
         self.run_dir: Path | None = None
 
     # ------------------------------------------------------------------ set-up checks
+    def _set_unfreeze(self, index: dict[str, tuple[str, ...]]) -> None:
+        """``trainer.unfreeze``, checked before the optimizer is built (dualml/train/transfer.py)."""
+        from .transfer import parse_unfreeze
+
+        raw = OmegaConf.to_container(self.t.unfreeze, resolve=True) if self.t.get("unfreeze") else []
+        epochs = -(-self.total_steps // self.steps_per_epoch)  # the last one may be partial (max_steps)
+        self.unfreeze = parse_unfreeze(raw, list(self.t.freeze), index, epochs)
+        if self.unfreeze and self.world_size > 1:
+            raise ConfigError(f"trainer.unfreeze with trainer.devices={self.world_size} is not allowed; DDP fixes "
+                              "the trained parameters when it wraps the model; allowed: trainer.devices=1")
+
+    def _apply_unfreeze(self) -> None:
+        """Make the parameters whose ``at_epoch`` has come trainable (at the start of an epoch, and on resume:
+        the frozen set is a function of the epoch, so a resumed run recomputes it from its step)."""
+        if not self.unfreeze:
+            return
+        from .transfer import frozen_at
+
+        now = frozen_at(self.epoch, self.frozen, self.unfreeze, self.index)
+        thawed = [n for n in self.frozen_now if n not in now]
+        if thawed:
+            self.be.set_trainable(self.net, thawed, True)
+            self.frozen_now = now
+
     def _check_task(self, loss_fn: Any) -> None:
         """The loss must fit the targets: cross-entropy needs class labels, mse/mae/huber float targets
         (data=traffic). Caught here, in one line, rather than as a shape error inside the first step."""
@@ -299,6 +338,9 @@ class Trainer:
                               "; allowed: a folder in a writable place") from None
         self.run_dir = run
         atomic_write_text(run / "config.yaml", OmegaConf.to_yaml(self.cfg))
+        if self.init_report is not None:
+            from .transfer import write_report
+            write_report(run, self.init_report)
 
     def _state_meta(self) -> dict[str, Any]:
         return {"kind": "dualml-train-checkpoint", "step": self.step, "epoch": self.epoch,
@@ -350,7 +392,10 @@ class Trainer:
             slots[slot] = native_names_from_canonical(self.net, canon)
         prefix = f"native/{self.be.name}/"
         extras = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-        self.be.load_optimizer_slots(self.opt, self.net, self.spec, slots, meta["step"], extras)
+        from .transfer import steps_taken
+
+        own = steps_taken(meta["step"], self.steps_per_epoch, self.frozen, self.unfreeze, self.index)
+        self.be.load_optimizer_slots(self.opt, self.net, self.spec, slots, meta["step"], extras, own or None)
         self.step, self.best = meta["step"], meta["best"]
         if self.scaler is not None and meta.get("loss_scaler"):
             self.scaler = LossScaler(**meta["loss_scaler"])
@@ -518,6 +563,7 @@ class Trainer:
         monitor = self.monitor
         try:
             while self.step < self.total_steps and not stop:
+                self._apply_unfreeze()
                 self.loader.set_epoch(self.epoch)
                 skip = (self.step - self.epoch * self.steps_per_epoch) * self.accumulate
                 it = iter(self.loader.skip(skip) if skip else self.loader)
@@ -594,6 +640,9 @@ class Trainer:
                    "resumed_from": getattr(self, "resumed_from", None), "world_size": self.world_size,
                    "device": str(self.device),
                    "rank_weight_diff_mean": rank_diff}
+        if self.init_report is not None:
+            metrics["init_from"] = {"checkpoint": self.init_report.checkpoint, "loaded": len(self.init_report.loaded),
+                                    "skipped": len(self.init_report.skipped), "new": len(self.init_report.new)}
         if self.regression:  # masked metrics (mph for data=traffic) next to the forecasts needing no model
             metrics.update({"loss": self.loss_kind, "loss_mask_zeros": self.mask_zeros, "test_mae": test["mae"],
                             "test_rmse": test["rmse"], "test_mape": test["mape"], "test_horizons": test["horizons"],
