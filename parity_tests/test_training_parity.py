@@ -35,6 +35,29 @@ def test_float64_curves_agree_deeper_models(model, optimizer):
     assert r.passed and r.max_cross <= FLOAT64_RTOL, _msg(r)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd-momentum", "adam-hi"])
+def test_float64_curves_agree_forecaster(optimizer):
+    """Regression (issue #17): masked MAE in mph through attention, layer norm and gated fusion. SGD with
+    momentum and L2 decay is the case that found paddle's fused Momentum decay held in float32
+    (dualml/train/optim.py); the -hi SGD rates make this loss blow up, so they are not curves to compare."""
+    r = run_curve(f"forecaster/{optimizer}", [*MODELS["forecaster"], *OPTIMIZERS[optimizer]], dtype="float64")
+    assert r.passed and r.max_cross <= FLOAT64_RTOL, _msg(r)
+    loss = np.array(r.losses["torch"])
+    assert loss[-10:].mean() < 0.9 * loss[0], f"{r.label} did not train: {loss[0]:.3f} -> {loss[-1]:.3f}"
+
+
+def test_float32_forecaster_curve_within_its_own_noise():
+    """In float32 with a smooth loss (mse). Its recipe's MAE has a kink at every target: a float32 rounding
+    difference of ~1e-6 mph flips an error's sign (a 2/N jump in that gradient) on one backend and not the
+    other, and the trajectories part (measured with mae and adam: cross 3e-4 against a one-ulp envelope of
+    1e-6, parting at step 24; with mse the same run stays inside its envelope). That is a trajectory choice
+    no noise envelope covers; the MAE curves are held by the float64 test above."""
+    over = [*MODELS["forecaster"], *OPTIMIZERS["adam"], "trainer.loss=mse"]
+    r = run_curve("forecaster/adam/mse", over, dtype="float32")
+    assert r.passed, _msg(r)
+    assert len(r.self_div) == len(r.cross) == 100 and r.max_self > 0
+
+
 #: every optimizer at its usual lr on both models, plus cnn at Adam 1e-2, the run that is sensitive from
 #: its first steps (gradients below eps); the whole matrix is benchmarks/bench_curves.py
 FLOAT32_CASES = [(m, o) for m in ("mlp", "cnn") for o in ("sgd-momentum", "sgd-nesterov", "adam", "adamw")]

@@ -54,6 +54,11 @@ MODELS: dict[str, list[str]] = {
     "mlp": ["model=mlp"], "cnn": ["model=cnn"],
     "transformer": ["model=transformer", "model.vocab_size=null"],
     "resnet": ["model=resnet18", "model.width=8", "model.in_channels=1", "model.image_size=8", "model.num_classes=10"],
+    # regression (issue #17): the forecaster at width 8, depths 1/1/1/1, on 6 generated sensors over 2 days,
+    # masked MAE in mph (its recipe's loss); every block kind, gated fusion and sinusoidal positions
+    "forecaster": ["model=forecaster", "data=traffic", "data.nodes=6", "data.days=2", "data.batch_size=32",
+                   "model.nodes=6", "model.embed_dim=8", "model.num_heads=2", "model.temporal_depth_1=1",
+                   "model.spatial_depth_1=1", "model.temporal_depth_2=1", "model.spatial_depth_2=1"],
 }
 
 
