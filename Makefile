@@ -22,7 +22,8 @@ VENV3  := .venv3
 BIN3   := $(VENV3)/bin
 STAMP3 := $(VENV3)/.dualml-installed
 LANE3_TESTS := parity_tests tests/test_float64.py tests/test_onnx_export.py tests/test_compress.py tests/test_prune.py \
-               tests/test_quantization_passes.py tests/test_quantize.py tests/test_paddle_only.py
+               tests/test_quantization_passes.py tests/test_quantize.py tests/test_paddle_only.py \
+               tests/test_ensemble.py tests/test_transfer.py
 
 .PHONY: venv test demo parity parity-avx2 bench lint clean venv3 test-lane3
 
