@@ -86,6 +86,30 @@ def test_three_training_steps_on_traffic(backend, tmp_path):
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
 
+#: the documents' recipes: OneCycleLR, cosine warm restarts, and layer-wise rates for encoder / decoder / head
+LAYERWISE = 'trainer.param_groups=[{params: "embed.*", lr_mult: 0.5}, {params: "stage1.*", lr_mult: 0.5}, ' \
+            '{params: "stage2.*", lr_mult: 1.0}, {params: "head.*", lr_mult: 3.0}]'
+
+
+@pytest.mark.parametrize("schedule", [["trainer.schedule.name=onecycle", "trainer.schedule.max_lr=0.01"],
+                                      ["trainer.schedule.name=cosine_restarts", "trainer.schedule.t_0=2"]])
+def test_documented_schedules_and_layerwise_rates_are_config(backend, schedule):
+    """Each recipe is a config line on either backend: the groups take the parameters their globs name and
+    the run trains on the schedule (that each group's optimizer rate is the scheduled rate times its
+    multiplier is tests/test_training.py's test_scheduled_learning_rate_reaches_the_optimizer)."""
+    from dualml.train.trainer import Trainer
+
+    t = Trainer(load_config([*TRAIN, f"backend={backend}", "trainer.max_steps=10", *schedule, LAYERWISE]), write=False,
+                progress=False)
+    mults = {g.label: g.lr_mult for g in t.groups}
+    assert sorted(mults.values()) == [0.5, 0.5, 1.0, 1.0, 3.0], mults  # 4 globs + the rest (fusion) at 1.0
+    head = next(g for g in t.groups if g.lr_mult == 3.0)
+    assert head.native_names and all("head" in n for n in head.native_names)
+    m = t.fit()
+    assert m["steps"] == 10 and np.isfinite(m["test_mae"])
+    assert len(set(t.lrs)) > 1  # the schedule moved the rate
+
+
 @pytest.mark.parametrize("overrides,needle", [
     (["model.num_heads=3"], "model.num_heads=3 is not allowed; it must divide embed_dim=8"),
     (["model.fusion_type=sum"], "model.fusion_type=sum is not allowed"),
