@@ -124,7 +124,8 @@ def _plot_curves(runs: dict, args: argparse.Namespace, path: Path) -> None:
 
 
 def dann_part(args: argparse.Namespace, out: Path) -> dict:
-    from dualml.train.dann import DANN, DigitsFeatures, dann_fit, shifted_digits
+    from dualml.train.dann import DANN, dann_fit, shifted_digits
+    from dualml.zoo import CNNBody
 
     arms = {"source_only": dict(adapt=False), "dann": dict(adapt=True, lambda_max=1.0),
             "dann_lambda0.1": dict(adapt=True, lambda_max=0.1)}
@@ -133,7 +134,7 @@ def dann_part(args: argparse.Namespace, out: Path) -> dict:
         dom = shifted_digits(seed)
         for arm, keys in arms.items():
             t0 = time.perf_counter()
-            t = dann_fit(DANN(DigitsFeatures(), 32), dom, args.backend, seed=seed, epochs=args.dann_epochs,
+            t = dann_fit(DANN(CNNBody(), 32), dom, args.backend, seed=seed, epochs=args.dann_epochs,
                          optimizer={"name": "adam", "lr": args.lr}, progress=False, **keys)
             res[arm].append({"seed": seed, "target_test_acc": t.metrics["test_acc"], "steps": t.metrics["steps"],
                              "seconds": round(time.perf_counter() - t0, 2)})

@@ -39,14 +39,15 @@ class MLP(Module):
         return [L.InputSpec((batch, self.in_features))]
 
 
-class CNN(Module):
-    """Small Conv-BN-ReLU net for 8x8 digits: two conv blocks, max-pool, global average, linear."""
+class CNNBody(Module):
+    """The cnn's feature extractor (two Conv-BN-ReLU blocks, max-pool, global average): 8x8 images ->
+    ``channels[1]`` features per sample. :class:`CNN` adds its head; DANN (``dualml.train.dann``) puts its
+    label and domain heads on it. One class, so both name their weights alike (conv1, bn1, ...)."""
 
-    def __init__(self, in_channels: int = 1, channels: Sequence[int] = (16, 32), num_classes: int = 10,
-                 image_size: int = 8, dropout: float = 0.0) -> None:
+    def __init__(self, in_channels: int = 1, channels: Sequence[int] = (16, 32)) -> None:
         super().__init__()
-        self.in_channels, self.image_size = in_channels, image_size
         c1, c2 = channels
+        self.out_features = c2
         self.conv1 = L.Conv2d(in_channels, c1, 3, padding=1, bias=False)
         self.bn1 = L.BatchNorm2d(c1)
         self.conv2 = L.Conv2d(c1, c2, 3, padding=1, bias=False)
@@ -55,13 +56,28 @@ class CNN(Module):
         self.pool = L.MaxPool2d(2)
         self.gap = L.AdaptiveAvgPool2d(1)
         self.flatten = L.Flatten()
-        self.dropout = L.Dropout(dropout)
-        self.fc = L.Linear(c2, num_classes)
 
-    def forward(self, x):
+    def features(self, x):
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.pool(self.relu(self.bn2(self.conv2(x))))
-        return self.fc(self.dropout(self.flatten(self.gap(x))))
+        return self.flatten(self.gap(x))
+
+    def forward(self, x):
+        return self.features(x)
+
+
+class CNN(CNNBody):
+    """Small Conv-BN-ReLU net for 8x8 digits: two conv blocks, max-pool, global average, linear."""
+
+    def __init__(self, in_channels: int = 1, channels: Sequence[int] = (16, 32), num_classes: int = 10,
+                 image_size: int = 8, dropout: float = 0.0) -> None:
+        super().__init__(in_channels, channels)
+        self.in_channels, self.image_size = in_channels, image_size
+        self.dropout = L.Dropout(dropout)
+        self.fc = L.Linear(channels[1], num_classes)
+
+    def forward(self, x):
+        return self.fc(self.dropout(self.features(x)))
 
     def input_spec(self, batch: int = 4) -> list[L.InputSpec]:
         return [L.InputSpec((batch, self.in_channels, self.image_size, self.image_size))]

@@ -339,10 +339,11 @@ def test_parity_suite_has_grad_reverse_cases():
 
 # ------------------------------------------------------------------ DANN
 def test_dann_loss_matches_numpy(backend):
-    from dualml.train.dann import DANN, DigitsFeatures, dann_loss
+    from dualml.train.dann import DANN, dann_loss
+    from dualml.zoo import CNNBody
 
     be = dualml.get_backend(backend)
-    net = build(DANN(DigitsFeatures(), 32), backend, seed=3)
+    net = build(DANN(CNNBody(), 32), backend, seed=3)
     be.set_train(net, True)
     x = np.random.default_rng(1).random((6, 1, 8, 8)).astype(np.float32)
     y = np.array([3, -1, 0, -1, -1, 9], np.int64)
@@ -361,13 +362,14 @@ def test_dann_loss_matches_numpy(backend):
 
 
 def test_dann_trains_the_domain_head_and_source_only_does_not(backend):
-    from dualml.train.dann import DANN, DigitsFeatures, dann_fit, shifted_digits
+    from dualml.train.dann import DANN, dann_fit, shifted_digits
+    from dualml.zoo import CNNBody
 
     dom = shifted_digits(0)
     assert dom.source.input_shape == dom.target.input_shape == (1, 8, 8)
     assert not np.array_equal(dom.target.test.x[0], dom.source.test.x[0])
-    start = init_weights(DANN(DigitsFeatures(), 32), 0)
-    runs = {adapt: dann_fit(DANN(DigitsFeatures(), 32), dom, backend, adapt=adapt, max_steps=6, progress=False)
+    start = init_weights(DANN(CNNBody(), 32), 0)
+    runs = {adapt: dann_fit(DANN(CNNBody(), 32), dom, backend, adapt=adapt, max_steps=6, progress=False)
             for adapt in (True, False)}
     for adapt, t in runs.items():
         w = get_weights(t.net)

@@ -35,28 +35,6 @@ from .data import Dataset, Split, from_arrays
 SOURCE, TARGET = 0, 1
 
 
-class DigitsFeatures(Module):
-    """The zoo cnn's body (conv-bn-relu x2, max-pool, global average): 8x8 images -> ``channels[1]`` features."""
-
-    def __init__(self, in_channels: int = 1, channels: tuple[int, int] = (16, 32)) -> None:
-        super().__init__()
-        c1, c2 = channels
-        self.out_features = c2
-        self.conv1 = L.Conv2d(in_channels, c1, 3, padding=1, bias=False)
-        self.bn1 = L.BatchNorm2d(c1)
-        self.conv2 = L.Conv2d(c1, c2, 3, padding=1, bias=False)
-        self.bn2 = L.BatchNorm2d(c2)
-        self.relu = L.ReLU()
-        self.pool = L.MaxPool2d(2)
-        self.gap = L.AdaptiveAvgPool2d(1)
-        self.flatten = L.Flatten()
-
-    def forward(self, x):
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.pool(self.relu(self.bn2(self.conv2(x))))
-        return self.flatten(self.gap(x))
-
-
 class DANN(Module):
     """``features`` -> ``head`` (classes); ``features`` -> ``grl`` -> ``domain`` (source / target).
 
