@@ -6,7 +6,20 @@ as one line and exit 2 instead of dumping a traceback at the user.
 from __future__ import annotations
 
 import difflib
+import math
+import numbers
 from collections.abc import Iterable
+from typing import Any
+
+
+def is_int(v: Any) -> bool:
+    """An integer config value; ``True``/``False`` are not (YAML's ``yes`` must not pass as 1)."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_real(v: Any) -> bool:
+    """A finite real config value, booleans excluded (``.nan``/``.inf`` in YAML are refused)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
 class DualmlError(Exception):

@@ -76,6 +76,11 @@ def ref_attention(w, q_in, kv_in, h, blocked=None, bias=None, kind="full", posit
     return linear(w, f"{p}out_proj", out.transpose(0, 2, 1, 3).reshape(b, lq, -1))
 
 
+def weights64(model, seed: int) -> dict:
+    """The parity suite's noisy seeded weights, widened to float64 (the references compute in float64)."""
+    return {k: v.astype("float64") for k, v in random_weights(model, seed).items()}
+
+
 def run64(model, backend, w, *xs):
     net = dualml.build(model, backend, weights=w, dtype="float64")
     be = dualml.backend.get_backend(backend)
@@ -137,13 +142,13 @@ VARIANT_CASES = _variants()
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("label,model,inputs,ref", VARIANT_CASES, ids=[c[0] for c in VARIANT_CASES])
 def test_attention_matches_numpy_float64(label, model, inputs, ref, backend):
-    w = {k: v.astype("float64") for k, v in random_weights(model, 3).items()}
+    w = weights64(model, 3)
     close(run64(model, backend, w, *inputs), ref(w), f"{label} on {backend}")
 
 
 def test_float_mask_is_added_to_the_logits():
     model, bias = attention("full", 8, 2), RNG.uniform(-2, 2, (5, 5))
-    w = {k: v.astype("float64") for k, v in random_weights(model, 4).items()}
+    w = weights64(model, 4)
     for backend in BACKENDS:
         close(run64(model, backend, w, X, X, X, bias), ref_attention(w, X, X, 2, bias=bias), f"float mask {backend}")
 
@@ -164,7 +169,7 @@ def test_tables_are_the_formulas():
 def test_additive_encodings_and_rotary_relative_property(backend):
     for kind in ("sinusoidal", "learnable"):
         enc = positional_encoding(kind, 8, max_len=6)
-        w = {k: v.astype("float64") for k, v in random_weights(enc, 1).items()}
+        w = weights64(enc, 1)
         close(run64(enc, backend, w, X), X + w["table"][:5], kind)
     # RoPE's point: q_i . k_j depends on j - i only, so shifting both streams changes no logit
     rot = positional_encoding("rotary", 8, num_heads=1, max_len=16)
@@ -217,7 +222,7 @@ FUSION_CASES = _fusion_refs()
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("label,model,inputs,ref", FUSION_CASES, ids=[c[0] for c in FUSION_CASES])
 def test_fusion_matches_numpy_float64(label, model, inputs, ref, backend):
-    w = {k: v.astype("float64") for k, v in random_weights(model, 5).items()}
+    w = weights64(model, 5)
     close(run64(model, backend, w, *inputs), ref(w), f"fusion {label} on {backend}")
 
 
@@ -240,7 +245,7 @@ def test_explicit_path_with_dropout_equals_the_fused_op_in_eval(backend):
     """dropout > 0 forms the logits explicitly (the op takes no dropout); in eval it must be the same
     function as the fused scaled_dot_product_attention path (float64, same weights)."""
     fused, explicit = attention("local", 8, 2, window=1), attention("local", 8, 2, window=1, dropout=0.2)
-    w = {k: v.astype("float64") for k, v in random_weights(fused, 6).items()}
+    w = weights64(fused, 6)
     close(run64(explicit, backend, w, X), run64(fused, backend, w, X), f"dropout path on {backend}")
     close(run64(fused, backend, w, X), ref_attention(w, X, X, 2, blocked=WINDOW > 1), f"fused path on {backend}")
 
@@ -295,7 +300,7 @@ def test_attention_weights_of_linear_and_cross_match_the_references(backend):
     """The captured matrix is what the layer computes: float64 against the numpy normalised kernel
     (linear) and softmax (cross, through a fusion block; the capture is off again afterwards)."""
     lin = attention("linear", 8, 2)
-    w = {k: v.astype("float64") for k, v in random_weights(lin, 2).items()}
+    w = weights64(lin, 2)
     net = dualml.build(lin, backend, weights=w, dtype="float64")
     got = attention_weights(net, X, backend).weights
     q, k = heads(linear(w, "q_proj", X), 2), heads(linear(w, "k_proj", X), 2)
@@ -304,7 +309,7 @@ def test_attention_weights_of_linear_and_cross_match_the_references(backend):
     close(got, a / a.sum(-1, keepdims=True), "linear weights")
     assert net.capture is None
     fuse = fusion("cross_attn", 8, 6, fusion_heads=2)
-    w = {k: v.astype("float64") for k, v in random_weights(fuse, 2).items()}
+    w = weights64(fuse, 2)
     net = dualml.build(fuse, backend, weights=w, dtype="float64")
     got = attention_weights(net, (X, Y), backend, layer="attn").weights
     q, k = heads(linear(w, "attn.q_proj", X), 2), heads(linear(w, "attn.k_proj", Y), 2)

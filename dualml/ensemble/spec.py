@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..backend import available_backends
-from ..errors import ConfigError, check_keys, not_allowed
+from ..errors import ConfigError, check_keys, is_int, not_allowed
 from .combine import COMBINERS, check_weights
 from .members import MEMBER_KEYS
 
@@ -25,9 +25,6 @@ METHODS = ("vote", "bagging", "boosting", "gradient")
 #: the combiner each boosting method uses (its own), and only it
 OWN_COMBINER = {"boosting": "samme", "gradient": "sum"}
 
-
-def _int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def check_ensemble(section: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -53,7 +50,7 @@ def check_ensemble(section: Mapping[str, Any] | None) -> dict[str, Any]:
         if e["method"] == "vote":
             raise ConfigError(f"ensemble.rounds={rounds} is not allowed with ensemble.method=vote; allowed: null "
                               "(or method bagging/boosting/gradient, which cycle through the members list)")
-        if not _int(rounds) or rounds < 1:
+        if not is_int(rounds) or rounds < 1:
             raise ConfigError(f"ensemble.rounds={rounds!r} is not allowed; allowed: null or an integer >= 1")
     count = len(members) if rounds is None else int(rounds)
     if e["weights"] is not None:
@@ -90,7 +87,7 @@ def _check_member(i: int, m: Any, method: str) -> None:
                           "by the ensemble")
     if m.get("backend") is not None and m["backend"] not in available_backends():
         raise ConfigError(not_allowed(f"{key}.backend", m["backend"], available_backends()))
-    if m.get("seed") is not None and (not _int(m["seed"]) or m["seed"] < 0):
+    if m.get("seed") is not None and (not is_int(m["seed"]) or m["seed"] < 0):
         raise ConfigError(f"{key}.seed={m['seed']!r} is not allowed; allowed: an integer >= 0")
     if m.get("trainer") is not None:
         if sources[0] != "model":

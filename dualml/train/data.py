@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import numbers
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, UserCodeError, check_keys, did_you_mean, not_allowed
+from ..errors import ConfigError, UserCodeError, check_keys, did_you_mean, is_int, is_real, not_allowed
 
 
 @dataclass
@@ -83,12 +82,6 @@ DATA_KEYS: dict[str, Any] = {"name": "digits", "val_fraction": 0.1, "test_fracti
 OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {"traffic": ("path", "day_of_week")}
 
 
-def _is_real(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def check_data_config(data_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -101,12 +94,12 @@ def check_data_config(data_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ConfigError(not_allowed("data.name", name, DATASETS))
     for frac in ("val_fraction", "test_fraction"):
         v = out[frac]
-        if not _is_real(v) or not 0 < v < 1:
+        if not is_real(v) or not 0 < v < 1:
             raise ConfigError(f"data.{frac}={v!r} is not allowed; it must be a number > 0 and < 1")
     if out["val_fraction"] + out["test_fraction"] >= 1:
         raise ConfigError(f"data.val_fraction={out['val_fraction']} with data.test_fraction={out['test_fraction']} "
                           "is not allowed; together they must be < 1 (the rest is the train split)")
-    if out["batch_size"] is not None and (not _is_int(out["batch_size"]) or out["batch_size"] < 1):
+    if out["batch_size"] is not None and (not is_int(out["batch_size"]) or out["batch_size"] < 1):
         raise ConfigError(f"data.batch_size={out['batch_size']!r} is not allowed; it must be a positive integer")
     if not isinstance(out["standardize"], bool):
         raise ConfigError(f"data.standardize={out['standardize']!r} is not allowed; allowed: false, true")
@@ -300,7 +293,7 @@ def load_dataset(data_cfg: Mapping[str, Any] | None, input_shape: tuple[int, ...
     reshaped to it when the element count matches, else ConfigError naming both shapes.
     """
     cfg = check_data_config(data_cfg)
-    if not _is_int(seed) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise ConfigError(f"seed={seed!r} is not allowed; it must be an integer >= 0")
     name = cfg["name"]
     where = f"data.name={name}"
@@ -367,16 +360,16 @@ class Loader:
 
     def __init__(self, split: Split, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
                  rank: int = 0, world_size: int = 1) -> None:
-        if not _is_int(batch_size) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size!r} is not allowed; it must be a positive integer")
-        if not _is_int(world_size) or world_size < 1:
+        if not is_int(world_size) or world_size < 1:
             raise ConfigError(f"world_size={world_size!r} is not allowed; it must be a positive integer")
-        if not _is_int(rank) or not 0 <= rank < world_size:
+        if not is_int(rank) or not 0 <= rank < world_size:
             raise ConfigError(f"rank={rank!r} is not allowed; allowed: 0..{world_size - 1} (world_size={world_size})")
         if batch_size % world_size:
             raise ConfigError(f"data.batch_size={batch_size} is not allowed with world_size={world_size}; the "
                               "global batch must split evenly across ranks (batch_size % world_size == 0)")
-        if not _is_int(seed) or seed < 0:
+        if not is_int(seed) or seed < 0:
             raise ConfigError(f"seed={seed!r} is not allowed; it must be an integer >= 0")
         if len(split.x) != len(split.y):
             raise ConfigError(f"split has {len(split.x)} samples but {len(split.y)} labels")
@@ -387,7 +380,7 @@ class Loader:
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order the next iteration uses."""
-        if not _is_int(epoch) or epoch < 0:
+        if not is_int(epoch) or epoch < 0:
             raise ConfigError(f"epoch={epoch!r} is not allowed; it must be an integer >= 0")
         self.epoch = int(epoch)
 
@@ -410,14 +403,14 @@ class Loader:
 
     def skip(self, n: int) -> Loader:
         """Start the next iteration at batch ``n`` of the current epoch (0..len); one-shot. Returns self."""
-        if not _is_int(n) or not 0 <= n <= len(self):
+        if not is_int(n) or not 0 <= n <= len(self):
             raise ConfigError(f"skip={n!r} is not allowed; allowed: 0..{len(self)} (batches per epoch)")
         self._start = int(n)
         return self
 
     def iter_from(self, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Batches of the current epoch from batch ``start`` on (this rank's shards)."""
-        if not _is_int(start) or not 0 <= start <= len(self):
+        if not is_int(start) or not 0 <= start <= len(self):
             raise ConfigError(f"skip={start!r} is not allowed; allowed: 0..{len(self)} (batches per epoch)")
         x, y = self.split.x, self.split.y
         for rows in self.global_batches()[start:]:

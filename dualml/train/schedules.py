@@ -44,13 +44,12 @@ values such as ``eta_min`` stay shared across groups, as in torch.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, check_keys, not_allowed
+from ..errors import ConfigError, check_keys, is_int, is_real, not_allowed
 
 _REQUIRED = object()
 
@@ -68,16 +67,10 @@ SCHEDULES: dict[str, dict[str, Any]] = {
 }
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
 def _int(key: str, v: Any, low: int) -> int:
-    if not _is_int(v) or v < low:
+    if not is_int(v) or v < low:
         what = "a positive integer" if low == 1 else f"an integer >= {low}"
         raise ConfigError(f"{key}={v!r} is not allowed; it must be {what}")
     return int(v)
@@ -85,7 +78,7 @@ def _int(key: str, v: Any, low: int) -> int:
 
 def _real(key: str, v: Any, *, low: float = 0.0, low_open: bool = True, high: float | None = None,
           high_open: bool = False) -> float:
-    ok = _is_real(v)
+    ok = is_real(v)
     if ok:
         f = float(v)
         ok = (f > low if low_open else f >= low) and (high is None or (f < high if high_open else f <= high))
@@ -106,7 +99,7 @@ def check_schedule(sched: Mapping[str, Any] | None, total_steps: int, base_lr: f
     key, the value given and what is allowed.
     """
     sched = dict(sched or {})
-    if not _is_int(total_steps) or total_steps < 1:
+    if not is_int(total_steps) or total_steps < 1:
         raise ConfigError(f"total_steps={total_steps!r} is not allowed; it must be a positive integer "
                           "(epochs * batches per epoch)")
     _real(lr_key, base_lr)
@@ -215,7 +208,7 @@ def _lr(t: int, base_lr: float, p: Mapping[str, Any], total_steps: int) -> float
 
 
 def _check_step(step: Any, total_steps: int) -> int:
-    if not _is_int(step) or not 0 <= step < total_steps:
+    if not is_int(step) or not 0 <= step < total_steps:
         raise ConfigError(f"step={step!r} is not allowed; allowed: 0..{total_steps - 1} (total_steps={total_steps})")
     return int(step)
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..checkpoint import load_weights, resolve_checkpoint
-from ..errors import ConfigError, DualmlError, check_keys
+from ..errors import ConfigError, DualmlError, check_keys, is_int
 from ..module import Module, init_weights, manifest
 
 INIT_FROM_ALLOWED = "RUN/best, RUN/last, a run folder or a .safetensors file written by dualml"
@@ -131,7 +131,7 @@ def parse_unfreeze(value: Any, freeze: Sequence[str], index: Mapping[str, tuple[
             raise ConfigError(f"{where}={e!r} is not allowed; allowed: a mapping {{at_epoch: N, params: GLOB}}")
         check_keys(where, dict(e), ["at_epoch", "params"])
         at, pattern = e.get("at_epoch"), e.get("params")
-        if not isinstance(at, int) or isinstance(at, bool) or not 1 <= at <= epochs - 1:
+        if not is_int(at) or not 1 <= at <= epochs - 1:
             span = f"an integer from 1 to {epochs - 1}" if epochs > 1 else "nothing (the run has 1 epoch)"
             raise ConfigError(f"{where}.at_epoch={at!r} is not allowed; allowed: {span} (epochs completed "
                               f"before the parameters train; the run has {epochs} epochs)")
