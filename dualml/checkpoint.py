@@ -117,6 +117,17 @@ def clean_stale_temps(folder: str | os.PathLike) -> tuple[int, int]:
     return files, size
 
 
+#: training checkpoints keep the model's canonical weights under this prefix (beside ``optim/``, ``native/``)
+MODEL_PREFIX = "model/"
+
+
+def model_weights(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The model's canonical weights from a loaded file: a training checkpoint's ``model/`` tensors, or
+    the whole file when it is plain canonical weights (``save_weights``, an ensemble member's file)."""
+    n = len(MODEL_PREFIX)
+    return {k[n:]: v for k, v in arrays.items() if k.startswith(MODEL_PREFIX)} or arrays
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..backend import get_backend
 from ..build import build, get_weights
-from ..checkpoint import load_weights, save_weights
+from ..checkpoint import load_weights, model_weights, save_weights
 from ..config import load_config
 from ..errors import ConfigError, DualmlError
 from ..module import Module
@@ -119,7 +119,7 @@ def from_checkpoint(spec: str, backend: str | None = None, key: str = "checkpoin
     if "name" not in model_cfg:
         raise ConfigError(f"{key}={spec} is not allowed; {path} names no model config (allowed: a checkpoint "
                           "written by dualml train or by dualml ensemble)")
-    weights = {k[6:]: v for k, v in arrays.items() if k.startswith("model/")} or arrays
+    weights = model_weights(arrays)
     name = model_cfg.pop("name")
     trained_on = meta.get("backend") or (meta.get("config") or {}).get("backend") or "torch"
     info = {"source": f"{key.rsplit('.', 1)[-1]}: {spec}", "file": str(path), "trained_on": trained_on,

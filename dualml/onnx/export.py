@@ -19,7 +19,7 @@ import numpy as np
 
 from ..backend import get_backend
 from ..build import build, native_leaves
-from ..checkpoint import atomic_write_bytes, load_weights, resolve_checkpoint  # noqa: F401  (re-exported)
+from ..checkpoint import atomic_write_bytes, load_weights, model_weights, resolve_checkpoint  # noqa: F401  (re-exported)
 from ..errors import ConfigError, DualmlError, ExportError, VerificationError, did_you_mean
 from ..module import Module
 from ..version import __version__
@@ -186,7 +186,7 @@ def checkpoint_model(cfg: Any, path: Path, explicit_model: bool) -> tuple[str, d
     from omegaconf import OmegaConf
 
     arrays, meta = load_weights(path)
-    weights = {k[6:]: v for k, v in arrays.items() if k.startswith("model/")} or arrays
+    weights = model_weights(arrays)
     ours = OmegaConf.to_container(cfg.model, resolve=True)
     theirs = (meta.get("config") or {}).get("model")
     if theirs is None:  # plain weights (dualml.save_weights): the config says what the model is

@@ -37,7 +37,16 @@ from ..build import (
     param_index,
     set_weights,
 )
-from ..checkpoint import atomic_write_bytes, atomic_write_text, clean_stale_temps, load_weights, png_bytes, save_weights
+from ..checkpoint import (
+    MODEL_PREFIX,
+    atomic_write_bytes,
+    atomic_write_text,
+    clean_stale_temps,
+    load_weights,
+    model_weights,
+    png_bytes,
+    save_weights,
+)
 from ..config import model_params
 from ..devices import resolve_device
 from ..errors import ConfigError, DualmlError, DualmlWarning
@@ -351,7 +360,7 @@ class Trainer:
                 "config": OmegaConf.to_container(self.cfg, resolve=True)}
 
     def save_checkpoint(self, path: Path) -> None:
-        arrays = {f"model/{k}": v for k, v in get_weights(self.net).items()}
+        arrays = {MODEL_PREFIX + k: v for k, v in get_weights(self.net).items()}
         native = self.be.optimizer_slots(self.opt, self.net, self.spec)
         for slot, values in native.items():
             arrays.update({f"optim/{slot}/{k}": v for k, v in canonical_from_native_names(self.net, values).items()})
@@ -385,7 +394,7 @@ class Trainer:
                 problems.append(f"{key}: checkpoint {theirs.get(key)!r}, now {ours.get(key)!r}")
         if problems:
             raise DualmlError(f"cannot resume from {path}: {'; '.join(problems)} (nothing was overwritten)")
-        set_weights(self.net, {k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
+        set_weights(self.net, model_weights(arrays))
         slots = {}
         for slot in self.spec.slots:
             canon = {k[len(f"optim/{slot}/"):]: v for k, v in arrays.items() if k.startswith(f"optim/{slot}/")}
@@ -631,7 +640,7 @@ class Trainer:
             rank_diff = float(self.be.all_reduce_mean([float(np.abs(flat - self.be.broadcast_array(flat)).max())])[0])
         if final is not None:  # test metrics are the best checkpoint's; the model keeps its final weights
             arrays, _ = load_weights(best_file)
-            set_weights(self.net, {k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
+            set_weights(self.net, model_weights(arrays))
         test_out = self._outputs(self.data.test)
         test = self._scores(test_out, self.data.test.y)
         metrics = {"model": self.model_name, "backend": self.be.name, "steps": self.step, "epochs": self.epoch,

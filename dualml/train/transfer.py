@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint import load_weights, resolve_checkpoint
+from ..checkpoint import load_weights, model_weights, resolve_checkpoint
 from ..errors import ConfigError, DualmlError, check_keys, is_int
 from ..module import Module, init_weights, manifest
 
@@ -76,10 +76,7 @@ def init_from(model: Module, spec: str, seed: int, dtype: str = "float32",
         arrays, meta = load_weights(path)
     except DualmlError as exc:
         raise ConfigError(f"{key}={spec} is not allowed: {exc}; allowed: {INIT_FROM_ALLOWED}") from None
-    if meta.get("kind") == "dualml-train-checkpoint":
-        ckpt = {k[6:]: v for k, v in arrays.items() if k.startswith("model/")}
-    else:  # plain canonical weights (dualml.save_weights)
-        ckpt = dict(arrays)
+    ckpt = model_weights(arrays)  # a training checkpoint's model tensors, or plain canonical weights
     want = manifest(model)
     start = init_weights(model, seed)
     report = InitReport(str(spec), str(path), meta=meta)
