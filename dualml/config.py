@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,11 +158,12 @@ def load_config(overrides: Sequence[str] = (), root: str | os.PathLike | None = 
     return base
 
 
-def _leaves(node: Any, prefix: str) -> list[tuple[str, Any]]:
-    """(dotted key, value) for every non-mapping value below ``node``; lists are values."""
-    if not isinstance(node, dict):
+def leaves(node: Any, prefix: str) -> list[tuple[str, Any]]:
+    """(dotted key, value) for every non-mapping value below ``node``; lists are values. What turns a
+    settings block (a model's trainer recipe, an ensemble member's ``trainer:``) into key=value overrides."""
+    if not isinstance(node, Mapping):
         return [(prefix, node)]
-    return [pair for k, v in node.items() for pair in _leaves(v, f"{prefix}.{k}")]
+    return [pair for k, v in node.items() for pair in leaves(v, f"{prefix}.{k}")]
 
 
 def _apply_model_recipe(base: DictConfig, path: Path) -> None:
@@ -181,7 +182,7 @@ def _apply_model_recipe(base: DictConfig, path: Path) -> None:
     if not isinstance(block, DictConfig):
         raise ConfigError(f"{path}: trainer={block!r} is not allowed; expected a mapping of trainer settings")
     recipe = OmegaConf.to_container(block, resolve=True)
-    for key, value in _leaves(recipe, "trainer"):
+    for key, value in leaves(recipe, "trainer"):
         try:
             old = _check_key(base, key)
             _check_type(key, OmegaConf.to_object(old) if isinstance(old, (DictConfig, ListConfig)) else old, value)

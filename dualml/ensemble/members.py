@@ -9,7 +9,7 @@ seed: 0}``) on the ensemble's own split, possibly on a resample of its train spl
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import numpy as np
 from ..backend import get_backend
 from ..build import build, get_weights
 from ..checkpoint import load_weights, model_weights, save_weights
-from ..config import load_config
+from ..config import leaves, load_config
 from ..errors import ConfigError, DualmlError
 from ..module import Module
 from ..zoo import create_model
@@ -127,19 +127,14 @@ def from_checkpoint(spec: str, backend: str | None = None, key: str = "checkpoin
     return Member(name, model_cfg, weights, backend or trained_on, info)
 
 
-def _flat(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if not isinstance(node, Mapping):
-        return [(prefix, node)]
-    return [pair for k, v in node.items() for pair in _flat(v, f"{prefix}.{k}" if prefix else str(k))]
-
-
 def member_config(overrides: Sequence[str], spec: dict[str, Any], seed: int) -> Any:
     """The training config of one member: the command line's overrides (data, trainer, ...), then the
     member's model, backend, seed and ``trainer`` block, validated like any command line."""
     extra = [f"model={spec['model']}", f"seed={seed}"]
     if spec.get("backend"):
         extra.append(f"backend={spec['backend']}")
-    extra += [f"trainer.{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in _flat(spec.get("trainer") or {})]
+    block = leaves(spec.get("trainer") or {}, "trainer")
+    extra += [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in block]
     keep = [o for o in overrides if not o.split("=", 1)[0].startswith("ensemble")]
     return load_config([*keep, *extra])
 
