@@ -67,7 +67,7 @@ def boost(specs: Sequence[dict[str, Any]], dataset: Any, overrides: Sequence[str
         m = train_member(member_config(overrides, spec, int(spec.get("seed") or 0) + r), ds,
                          info={"index": r, "fits": "targets" if r == 0 else "residuals"})
         rate = 1.0 if r == 0 else float(shrinkage)
-        row: dict[str, Any] = {"round": r + 1, "member": f"{m.model_name}[{m.backend}]", "rate": rate,
+        row: dict[str, Any] = {"round": r + 1, "member": m.label, "rate": rate,
                                "scale": list(scale)}
         for s, sp in splits.items():
             f[s] = f[s] + rate * (m.outputs(sp.x).astype(np.float64) * scale[1] + scale[0])  # float64, as combine

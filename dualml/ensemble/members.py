@@ -48,6 +48,11 @@ class Member:
         return self._model
 
     @property
+    def label(self) -> str:
+        """``cnn[paddle]``: how reports, plots and the ONNX metadata name the member."""
+        return f"{self.model_name}[{self.backend}]"
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
         """The per-sample shape the member takes (no batch dimension)."""
         return tuple(int(d) for d in self.model.input_spec(1)[0].shape[1:])

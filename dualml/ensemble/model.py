@@ -91,7 +91,7 @@ class Ensemble:
             onnx.save(model, str(raw))
             meta = {"dualml_version": __version__, "backend": "ensemble", "kind": "dualml-ensemble",
                     "combiner": self.combiner.kind, "output_kind": "values" if self.regression else "probabilities",
-                    "members": ",".join(f"{m.model_name}[{m.backend}]" for m in self.members),
+                    "members": ",".join(m.label for m in self.members),
                     "input": ort.INPUT_NAME, "output": ort.OUTPUT_NAME, **(metadata or {})}
             graph = finalize(raw, out, meta)
         got = ort.run(ort.session(out), sample)

@@ -95,7 +95,7 @@ def _boost(specs: list[dict[str, Any]], dataset: Any, overrides: Sequence[str], 
         p = m.probabilities(dataset.train.x)[None]
         wrong = p[0].argmax(axis=1) != y
         step = samme_step(w, wrong, k)
-        row = {"round": r + 1, "member": f"{m.model_name}[{m.backend}]", "weighted_error": step.error,
+        row = {"round": r + 1, "member": m.label, "weighted_error": step.error,
                "member_train_error": float(wrong.mean()), "alpha": step.alpha, "kept": step.alpha > 0}
         if step.alpha > 0:
             fitted.members.append(m)
@@ -112,10 +112,6 @@ def _boost(specs: list[dict[str, Any]], dataset: Any, overrides: Sequence[str], 
                           f"{fitted.rounds[0]['weighted_error']:.3f} is no better than chance (1 - 1/{k}); train "
                           "the members longer (trainer.epochs / trainer.max_steps)")
     return fitted
-
-
-def _name(m: Member) -> str:
-    return f"{m.model_name}[{m.backend}]"
 
 
 def run_ensemble(cfg: Any, overrides: Sequence[str], out: str | Path, progress: bool = True) -> dict[str, Any]:
@@ -150,7 +146,7 @@ def run_ensemble(cfg: Any, overrides: Sequence[str], out: str | Path, progress: 
     test = ens.member_probs(ds.test.x)
     rows = []
     for i, m in enumerate(members):
-        rows.append({"index": i, "name": _name(m), "model": m.model_name, "backend": m.backend,
+        rows.append({"index": i, "name": m.label, "model": m.model_name, "backend": m.backend,
                      **{k: v for k, v in m.info.items() if k not in ("index",)},
                      "val_acc": float((val[i].argmax(1) == ds.val.y).mean()),
                      "test_acc": float((test[i].argmax(1) == ds.test.y).mean())})
@@ -194,7 +190,7 @@ def _run_gradient(e: dict[str, Any], ds: Any, specs: list[dict[str, Any]], overr
     pred = ens.predict_proba(ds.test.x).reshape(ds.test.y.shape)
     h = horizon_metrics(pred, ds.test.y) if ds.test.y.ndim == 3 else {"all": horizon_metrics(
         pred[:, None], ds.test.y[:, None])["all"]}
-    members = [{"index": i, "name": _name(m), "model": m.model_name, "backend": m.backend, **m.info}
+    members = [{"index": i, "name": m.label, "model": m.model_name, "backend": m.backend, **m.info}
                for i, m in enumerate(b.members)]
     report: dict[str, Any] = {
         "name": e["name"], "method": "gradient", "data": ds.name, "seed": seed,
