@@ -130,12 +130,12 @@ def _summary(metrics: dict[str, Any], run: Path) -> None:
         say(f"data parallel over {metrics['world_size']} ranks; mean |rank - rank 0| weight difference "
             f"{metrics['rank_weight_diff_mean']:.3g}")
     if "test_mae" in metrics:  # regression (data=traffic): masked errors at the horizons, and the baselines
-        h = metrics["test_horizons"]
-        say("masked test MAE/RMSE/MAPE% at horizons " + ", ".join(
-            f"{k}: {v['mae']:.3f}/{v['rmse']:.3f}/{v['mape']:.2f}" for k, v in h.items()))
+        def by_horizon(h: dict[str, Any]) -> str:
+            return ", ".join(f"{k}: {v['mae']:.3f}/{v['rmse']:.3f}/{v['mape']:.2f}" for k, v in h.items() if k != "all")
+
+        say("masked test MAE/RMSE/MAPE% at horizons " + by_horizon(metrics["test_horizons"]))
         for name, b in (metrics.get("baselines") or {}).items():
-            say(f"  baseline {name}: " + ", ".join(f"{k}: {v['mae']:.3f}/{v['rmse']:.3f}/{v['mape']:.2f}"
-                                                    for k, v in b.items() if k != "all"))
+            say(f"  baseline {name}: " + by_horizon(b))
         score = f"test MAE {metrics['test_mae']:.4f}"
     else:
         score = f"test accuracy {metrics['test_acc']:.4f}"
